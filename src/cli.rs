@@ -1,0 +1,87 @@
+//! Command-line arguments shared by the two binaries (`peerProcess`, `p2pshare`).
+
+use crate::peer::PeerOptions;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of one peer: `peerProcess <peerID> [OPTIONS]` or `p2pshare peer <peerID>`.
+#[derive(Args, Debug, Clone)]
+pub struct PeerArgs {
+    /// This peer's ID, as listed in PeerInfo.cfg.
+    pub peer_id: u32,
+
+    /// Working directory holding Common.cfg and PeerInfo.cfg; the log and
+    /// peer_<ID>/ are written there.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Follow SPEC Part A to the letter: no extensions advertised in the handshake,
+    /// one outstanding request per connection, random piece choice.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Seconds to keep retrying a peer listed earlier that is not up yet.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub connect_timeout: u64,
+
+    /// Seconds a new connection has to complete its handshake.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub handshake_timeout: u64,
+
+    /// Outstanding requests per connection with peers that negotiated pipelining
+    /// (ignored with --strict and towards plain peers, which get exactly one).
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub pipeline_depth: u16,
+
+    /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+impl PeerArgs {
+    pub fn options(&self) -> PeerOptions {
+        PeerOptions {
+            id: self.peer_id,
+            dir: self.dir.clone(),
+            strict: self.strict,
+            connect_timeout: Duration::from_secs(self.connect_timeout),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            pipeline_depth: self.pipeline_depth as usize,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Diagnostics go to stderr, never into the event log; `RUST_LOG` overrides the level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs one peer on a fresh runtime; the exit status for the process.
+pub fn run_peer(args: &PeerArgs) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::peer::run(args.options())) {
+        Ok(()) => {
+            // Blocking disk tasks are finished by now; don't wait on idle threads.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            rt.shutdown_timeout(Duration::from_secs(1));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! One TCP connection to a neighbour: the handshake (both roles), then a reader task
+//! that turns frames into [`SwarmEvent`]s and a writer task that sends what the swarm
+//! queues.
+//!
+//! The connection knows nothing about pieces or choking; every decision is the swarm
+//! actor's. Reader-to-swarm traffic is bounded (back-pressure on a fast sender); the
+//! swarm-to-writer queue is unbounded because the swarm must never wait on a socket,
+//! and its size is bounded by the swarm itself (one piece per accepted request).
+
+use crate::handshake::{self, Extensions, Handshake};
+use crate::message::{Message, MessageCodec};
+use crate::swarm::SwarmEvent;
+use bytes::BytesMut;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error("i/o during handshake: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Bad(#[from] handshake::HandshakeError),
+    #[error("handshake names peer {got}, expected {expected}")]
+    WrongPeer { got: u32, expected: String },
+    #[error("connection closed before the handshake reply")]
+    ClosedEarly,
+}
+
+async fn read_handshake(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<Handshake, HandshakeFailure> {
+    let mut buf = [0u8; handshake::LEN];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut buf)).await {
+        Err(_) => Err(HandshakeFailure::Timeout(timeout)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(HandshakeFailure::ClosedEarly)
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(_)) => Ok(Handshake::parse(&buf)?),
+    }
+}
+
+/// Connector side (SPEC A3): send our handshake first, then check the reply names
+/// `expected`.
+pub async fn handshake_as_connector(
+    stream: &mut TcpStream,
+    me: u32,
+    expected: u32,
+    ours: Extensions,
+    timeout: Duration,
+) -> Result<Extensions, HandshakeFailure> {
+    let hs = Handshake {
+        peer_id: me,
+        extensions: ours,
+    };
+    stream.write_all(&hs.encode()).await?;
+    let theirs = read_handshake(stream, timeout).await?;
+    if theirs.peer_id != expected {
+        return Err(HandshakeFailure::WrongPeer {
+            got: theirs.peer_id,
+            expected: expected.to_string(),
+        });
+    }
+    Ok(ours.intersect(theirs.extensions))
+}
+
+/// Acceptor side: read the connector's handshake, check it with `allowed`, then answer.
+/// A connector that sent zero reserved bytes gets zero reserved bytes back (SPEC B).
+pub async fn handshake_as_acceptor(
+    stream: &mut TcpStream,
+    me: u32,
+    ours: Extensions,
+    timeout: Duration,
+    allowed: impl Fn(u32) -> Result<(), String>,
+) -> Result<(u32, Extensions), HandshakeFailure> {
+    let theirs = read_handshake(stream, timeout).await?;
+    allowed(theirs.peer_id).map_err(|expected| HandshakeFailure::WrongPeer {
+        got: theirs.peer_id,
+        expected,
+    })?;
+    let agreed = ours.intersect(theirs.extensions);
+    let reply = Handshake {
+        peer_id: me,
+        extensions: if theirs.extensions.is_none() {
+            Extensions::NONE
+        } else {
+            ours
+        },
+    };
+    stream.write_all(&reply.encode()).await?;
+    Ok((theirs.peer_id, agreed))
+}
+
+/// Handle the swarm keeps for a live connection.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// Distinguishes this connection from an earlier one to the same peer.
+    pub conn: u64,
+    pub tx: mpsc::UnboundedSender<Message>,
+    /// Piece bytes queued for the writer and not yet on the socket.
+    pub queued_bytes: Arc<AtomicU64>,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Starts the reader and writer tasks of an established connection.
+pub fn start(
+    stream: TcpStream,
+    peer: u32,
+    codec: MessageCodec,
+    events: mpsc::Sender<SwarmEvent>,
+) -> Link {
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued_bytes = Arc::new(AtomicU64::new(0));
+    tokio::spawn(read_loop(rd, peer, conn, codec, events));
+    tokio::spawn(write_loop(wr, rx, queued_bytes.clone()));
+    Link {
+        conn,
+        tx,
+        queued_bytes,
+    }
+}
+
+async fn read_loop(
+    rd: OwnedReadHalf,
+    peer: u32,
+    conn: u64,
+    codec: MessageCodec,
+    events: mpsc::Sender<SwarmEvent>,
+) {
+    let mut frames = FramedRead::with_capacity(rd, codec, 256 * 1024);
+    let reason = loop {
+        match frames.next().await {
+            Some(Ok(msg)) => {
+                if events
+                    .send(SwarmEvent::Message { peer, conn, msg })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Some(Err(e)) => break Some(e.to_string()),
+            None => break None,
+        }
+    };
+    let _ = events.send(SwarmEvent::Closed { peer, conn, reason }).await;
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    queued_bytes: Arc<AtomicU64>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Batch whatever is queued into as few writes as possible; piece data goes
+        // straight from its `Bytes` to the socket without being copied into `buf`.
+        while let Some(msg) = next.take() {
+            msg.encode_head(&mut buf);
+            if let Message::Piece { data, .. } = &msg {
+                if wr.write_all(&buf).await.is_err() || wr.write_all(data).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                queued_bytes.fetch_sub(data.len() as u64, Ordering::Relaxed);
+            }
+            if buf.len() < 64 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+        }
+    }
+    // The swarm dropped its sender: everything queued is written; tell the peer we are
+    // done sending but keep reading (the reader half) so nothing it sent is lost.
+    let _ = wr.shutdown().await;
+}

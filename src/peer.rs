@@ -1,0 +1,264 @@
+//! One peer process from start to exit: load the configs, open the file and the log,
+//! listen, connect to every earlier peer (SPEC A2), accept every later one, and run the
+//! swarm actor until all peers have the file.
+
+use crate::bitfield::Bitfield;
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, HandshakeFailure};
+use crate::eventlog::EventLog;
+use crate::handshake::Extensions;
+use crate::message::MessageCodec;
+use crate::storage::{Storage, StorageError};
+use crate::swarm::{Outcome, Swarm, SwarmEvent, SwarmOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Everything a peer needs besides the two config files.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    pub id: u32,
+    /// Working directory holding Common.cfg and PeerInfo.cfg.
+    pub dir: PathBuf,
+    pub strict: bool,
+    /// How long to keep retrying an earlier peer that refuses connections.
+    pub connect_timeout: Duration,
+    /// How long a new connection may take to complete its handshake.
+    pub handshake_timeout: Duration,
+    pub pipeline_depth: usize,
+    /// Seed of the peer's RNG (piece and neighbour choice); random when `None`.
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{file}: peer ID {id} is not listed")]
+    NotListed { file: String, id: u32 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{path}: cannot open the log: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on port {port} (PeerInfo.cfg, peer {id}): {source}")]
+    Listen {
+        id: u32,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("peer {id}: {reason}")]
+    Failed { id: u32, reason: String },
+}
+
+/// Runs a peer to completion. `Ok(())` means every peer of PeerInfo.cfg has the file.
+pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
+    let config = Config::load(&opts.dir)?;
+    let me = opts.id;
+    let my_pos = config
+        .peers
+        .position(me)
+        .ok_or_else(|| PeerError::NotListed {
+            file: opts.dir.join("PeerInfo.cfg").display().to_string(),
+            id: me,
+        })?;
+    let info = config.peers.peers[my_pos].clone();
+    let common = config.common.clone();
+    let pieces = common.num_pieces();
+
+    let path = opts.dir.join(format!("peer_{me}")).join(&common.file_name);
+    let (storage, have) = if info.has_file {
+        (Storage::open_seed(&path, &common)?, Bitfield::full(pieces))
+    } else {
+        (Storage::create(&path, &common)?, Bitfield::new(pieces))
+    };
+    let storage = Arc::new(storage);
+    let log = EventLog::open(&opts.dir, me).map_err(|source| PeerError::Log {
+        path: opts.dir.join(format!("log_peer_{me}.log")),
+        source,
+    })?;
+
+    let listener = TcpListener::bind(("0.0.0.0", info.port))
+        .await
+        .map_err(|source| PeerError::Listen {
+            id: me,
+            port: info.port,
+            source,
+        })?;
+    tracing::info!(
+        "peer {me} listening on port {}, {} pieces",
+        info.port,
+        pieces
+    );
+
+    let ours = if opts.strict {
+        Extensions::NONE
+    } else {
+        Extensions::PIPELINE
+    };
+    let codec = MessageCodec::new(common.piece_size, pieces);
+    let (tx, rx) = mpsc::channel(1024);
+
+    let later: Vec<u32> = config.peers.peers[my_pos + 1..]
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    tokio::spawn(accept_loop(
+        listener,
+        me,
+        later,
+        ours,
+        opts.handshake_timeout,
+        codec.clone(),
+        tx.clone(),
+    ));
+    for earlier in &config.peers.peers[..my_pos] {
+        tokio::spawn(connect_to(
+            me,
+            earlier.id,
+            earlier.host.clone(),
+            earlier.port,
+            ours,
+            opts.clone(),
+            codec.clone(),
+            tx.clone(),
+        ));
+    }
+
+    let swarm_opts = SwarmOptions {
+        strict: opts.strict,
+        pipeline_depth: opts.pipeline_depth,
+        max_queued_bytes: (common.piece_size as u64 * (opts.pipeline_depth as u64 + 2))
+            .max(4 << 20),
+        seed: opts.seed.unwrap_or_else(rand::random),
+    };
+    let swarm = Swarm::new(me, config, swarm_opts, log, storage, have, tx, rx);
+    match swarm.run().await {
+        Outcome::AllComplete => Ok(()),
+        Outcome::Failed(reason) => Err(PeerError::Failed { id: me, reason }),
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    me: u32,
+    later: Vec<u32>,
+    ours: Extensions,
+    timeout: Duration,
+    codec: MessageCodec,
+    tx: mpsc::Sender<SwarmEvent>,
+) {
+    let later = Arc::new(later);
+    loop {
+        let (mut stream, addr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and the like: wait a little rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let later = later.clone();
+        let codec = codec.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let allowed = |id: u32| {
+                if later.contains(&id) {
+                    Ok(())
+                } else {
+                    Err("a peer listed after us in PeerInfo.cfg".to_string())
+                }
+            };
+            match connection::handshake_as_acceptor(&mut stream, me, ours, timeout, allowed).await {
+                Ok((peer, extensions)) => {
+                    let link = connection::start(stream, peer, codec, tx.clone());
+                    let _ = tx
+                        .send(SwarmEvent::Connected {
+                            peer,
+                            link,
+                            extensions,
+                            initiated: false,
+                        })
+                        .await;
+                }
+                Err(e) => tracing::error!("rejected connection from {addr}: {e}"),
+            }
+        });
+    }
+}
+
+/// Connects to an earlier peer, retrying while it is not up yet. Advertises our
+/// extensions; a peer that closes on seeing them is retried once with zero bytes.
+#[allow(clippy::too_many_arguments)]
+async fn connect_to(
+    me: u32,
+    peer: u32,
+    host: String,
+    port: u16,
+    ours: Extensions,
+    opts: PeerOptions,
+    codec: MessageCodec,
+    tx: mpsc::Sender<SwarmEvent>,
+) {
+    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+    let mut advertise = ours;
+    let mut last_error = String::new();
+    while tokio::time::Instant::now() < deadline {
+        match TcpStream::connect((host.as_str(), port)).await {
+            Ok(mut stream) => {
+                match connection::handshake_as_connector(
+                    &mut stream,
+                    me,
+                    peer,
+                    advertise,
+                    opts.handshake_timeout,
+                )
+                .await
+                {
+                    Ok(extensions) => {
+                        let link = connection::start(stream, peer, codec, tx.clone());
+                        let _ = tx
+                            .send(SwarmEvent::Connected {
+                                peer,
+                                link,
+                                extensions,
+                                initiated: true,
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(HandshakeFailure::ClosedEarly) if !advertise.is_none() => {
+                        tracing::warn!(
+                            "peer {peer} closed on our extended handshake; retrying as a plain peer"
+                        );
+                        advertise = Extensions::NONE;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!("handshake with peer {peer} at {host}:{port} failed: {e}");
+                        last_error = e.to_string();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!("connect to peer {peer} at {host}:{port}: {e}; retrying");
+                last_error = e.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = tx
+        .send(SwarmEvent::ConnectFailed {
+            peer,
+            reason: format!(
+                "no connection to {host}:{port} within {:?} ({last_error})",
+                opts.connect_timeout
+            ),
+        })
+        .await;
+}

@@ -1,0 +1,224 @@
+//! Piece choice (SPEC A5.4): which piece to request next from a neighbour.
+//!
+//! Pure logic over bitfields. It tracks the pieces we have, the pieces requested from
+//! anyone and not yet arrived (never requested twice), and how many neighbours have
+//! each piece. `Random` is A5.4 to the letter; `RarestFirst` (default mode) picks at
+//! random among the candidates fewest neighbours have, so the seeder's upload goes to
+//! pieces nobody else can supply.
+
+use crate::bitfield::Bitfield;
+use rand::Rng;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Random,
+    RarestFirst,
+}
+
+#[derive(Clone, Debug)]
+pub struct Picker {
+    have: Bitfield,
+    pending: Bitfield,
+    availability: Vec<u32>,
+    strategy: Strategy,
+}
+
+impl Picker {
+    pub fn new(have: Bitfield, strategy: Strategy) -> Picker {
+        let n = have.len();
+        Picker {
+            have,
+            pending: Bitfield::new(n),
+            availability: vec![0; n as usize],
+            strategy,
+        }
+    }
+
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    pub fn is_pending(&self, i: u32) -> bool {
+        self.pending.has(i)
+    }
+
+    /// Chooses a piece `theirs` has that we neither have nor have requested.
+    pub fn pick<R: Rng>(&self, theirs: &Bitfield, rng: &mut R) -> Option<u32> {
+        let n = self.have.len();
+        let bytes = theirs.as_bytes().len();
+        if bytes == 0 || theirs.len() != n {
+            return None;
+        }
+        let candidates = |b: usize| {
+            theirs.as_bytes()[b] & !self.have.as_bytes()[b] & !self.pending.as_bytes()[b]
+        };
+        // Start at a random byte and wrap, so that equal choices are spread at random
+        // without materialising the candidate list.
+        let start = rng.gen_range(0..bytes);
+        match self.strategy {
+            Strategy::Random => {
+                let total: u32 = (0..bytes).map(|b| candidates(b).count_ones()).sum();
+                if total == 0 {
+                    return None;
+                }
+                let mut target = rng.gen_range(0..total);
+                for b in 0..bytes {
+                    let mut m = candidates(b);
+                    let c = m.count_ones();
+                    if target >= c {
+                        target -= c;
+                        continue;
+                    }
+                    loop {
+                        let bit = m.leading_zeros();
+                        if target == 0 {
+                            return Some(b as u32 * 8 + bit);
+                        }
+                        target -= 1;
+                        m &= !(0x80 >> bit);
+                    }
+                }
+                None
+            }
+            Strategy::RarestFirst => {
+                let mut best: Option<(u32, u32)> = None; // (availability, index)
+                let mut ties = 0u32;
+                for k in 0..bytes {
+                    let b = (start + k) % bytes;
+                    let mut m = candidates(b);
+                    while m != 0 {
+                        let bit = m.leading_zeros();
+                        m &= !(0x80 >> bit);
+                        let i = b as u32 * 8 + bit;
+                        let a = self.availability[i as usize];
+                        match best {
+                            Some((ba, _)) if a > ba => {}
+                            Some((ba, _)) if a == ba => {
+                                // Reservoir sampling among equally rare pieces.
+                                ties += 1;
+                                if rng.gen_range(0..ties) == 0 {
+                                    best = Some((a, i));
+                                }
+                            }
+                            _ => {
+                                best = Some((a, i));
+                                ties = 1;
+                            }
+                        }
+                    }
+                    // Only this neighbour has it: nothing can be rarer.
+                    if matches!(best, Some((a, _)) if a <= 1) && ties >= 8 {
+                        break;
+                    }
+                }
+                best.map(|(_, i)| i)
+            }
+        }
+    }
+
+    pub fn mark_pending(&mut self, i: u32) {
+        self.pending.set(i);
+    }
+
+    /// A request went unanswered (choke, disconnect): the piece is requestable again.
+    pub fn unmark_pending(&mut self, i: u32) {
+        self.pending.clear(i);
+    }
+
+    /// Records a completed piece; false if we already had it.
+    pub fn complete(&mut self, i: u32) -> bool {
+        self.pending.clear(i);
+        self.have.set(i)
+    }
+
+    pub fn peer_has(&mut self, i: u32) {
+        if let Some(a) = self.availability.get_mut(i as usize) {
+            *a += 1;
+        }
+    }
+
+    pub fn add_peer(&mut self, bf: &Bitfield) {
+        for i in bf.iter_set() {
+            self.peer_has(i);
+        }
+    }
+
+    pub fn remove_peer(&mut self, bf: &Bitfield) {
+        for i in bf.iter_set() {
+            if let Some(a) = self.availability.get_mut(i as usize) {
+                *a = a.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use std::collections::BTreeSet;
+
+    fn bf(n: u32, set: &[u32]) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for &i in set {
+            b.set(i);
+        }
+        b
+    }
+
+    #[test]
+    fn picks_only_pieces_they_have_we_lack_and_nobody_was_asked_for() {
+        for strategy in [Strategy::Random, Strategy::RarestFirst] {
+            let mut p = Picker::new(bf(20, &[0, 1, 2]), strategy);
+            p.mark_pending(5);
+            let theirs = bf(20, &[1, 2, 5, 9, 19]);
+            let mut seen = BTreeSet::new();
+            for seed in 0..200 {
+                let mut rng = StdRng::seed_from_u64(seed);
+                seen.insert(p.pick(&theirs, &mut rng).unwrap());
+            }
+            assert_eq!(seen, [9, 19].into_iter().collect(), "{strategy:?}");
+            p.mark_pending(9);
+            p.mark_pending(19);
+            let mut rng = StdRng::seed_from_u64(0);
+            assert_eq!(p.pick(&theirs, &mut rng), None);
+            p.unmark_pending(19);
+            assert_eq!(p.pick(&theirs, &mut rng), Some(19));
+            assert!(p.complete(19));
+            assert!(!p.complete(19));
+            assert_eq!(p.pick(&theirs, &mut rng), None);
+        }
+    }
+
+    #[test]
+    fn rarest_first_prefers_the_rarest() {
+        let mut p = Picker::new(Bitfield::new(16), Strategy::RarestFirst);
+        p.add_peer(&Bitfield::full(16));
+        p.add_peer(&bf(16, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]));
+        let mut seen = BTreeSet::new();
+        for seed in 0..100 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            seen.insert(p.pick(&Bitfield::full(16), &mut rng).unwrap());
+        }
+        assert_eq!(seen, [14, 15].into_iter().collect());
+        p.remove_peer(&Bitfield::full(16));
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(p.pick(&bf(16, &[3]), &mut rng) == Some(3));
+    }
+
+    #[test]
+    fn random_pick_is_uniform_enough() {
+        let p = Picker::new(Bitfield::new(64), Strategy::Random);
+        let theirs = Bitfield::full(64);
+        let mut counts = [0u32; 64];
+        let mut rng = StdRng::seed_from_u64(42);
+        for _ in 0..64_000 {
+            counts[p.pick(&theirs, &mut rng).unwrap() as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (700..1300).contains(&c)),
+            "{counts:?}"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! The shared file on disk: pieces read and written at their offsets, never the whole
+//! file in memory.
+//!
+//! Positional I/O (`pread`/`pwrite`) needs no seek state, so one `Storage` is shared by
+//! every blocking task that reads or writes a piece, without a lock.
+
+use crate::config::Common;
+use bytes::{Bytes, BytesMut};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: is {actual} bytes but Common.cfg says FileSize {expected}")]
+    WrongSize {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{path}: not found, but PeerInfo.cfg says this peer starts with the file")]
+    Missing { path: PathBuf },
+}
+
+#[derive(Debug)]
+pub struct Storage {
+    file: File,
+    path: PathBuf,
+    common: Common,
+}
+
+impl Storage {
+    /// Opens the complete file of a peer that starts with it, checking its size.
+    pub fn open_seed(path: &Path, common: &Common) -> Result<Storage, StorageError> {
+        let file = match OpenOptions::new().read(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::Missing {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(source) => {
+                return Err(StorageError::Io {
+                    path: path.to_path_buf(),
+                    what: "cannot open",
+                    source,
+                })
+            }
+        };
+        let actual = file
+            .metadata()
+            .map_err(|source| StorageError::Io {
+                path: path.to_path_buf(),
+                what: "cannot stat",
+                source,
+            })?
+            .len();
+        if actual != common.file_size {
+            return Err(StorageError::WrongSize {
+                path: path.to_path_buf(),
+                actual,
+                expected: common.file_size,
+            });
+        }
+        Ok(Storage {
+            file,
+            path: path.to_path_buf(),
+            common: common.clone(),
+        })
+    }
+
+    /// Creates (or reuses) the file a downloader fills, sized to FileSize so that every
+    /// piece can be written at its offset in any order.
+    pub fn create(path: &Path, common: &Common) -> Result<Storage, StorageError> {
+        let io = |what: &'static str| {
+            move |source| StorageError::Io {
+                path: path.to_path_buf(),
+                what,
+                source,
+            }
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io("cannot create directory"))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io("cannot open for writing"))?;
+        file.set_len(common.file_size)
+            .map_err(io("cannot size the file"))?;
+        Ok(Storage {
+            file,
+            path: path.to_path_buf(),
+            common: common.clone(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn read_piece(&self, index: u32) -> Result<Bytes, StorageError> {
+        let len = self.common.piece_len(index) as usize;
+        let mut buf = BytesMut::zeroed(len);
+        self.file
+            .read_exact_at(&mut buf, self.common.piece_offset(index))
+            .map_err(|source| StorageError::Io {
+                path: self.path.clone(),
+                what: "cannot read piece",
+                source,
+            })?;
+        Ok(buf.freeze())
+    }
+
+    pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .write_all_at(data, self.common.piece_offset(index))
+            .map_err(|source| StorageError::Io {
+                path: self.path.clone(),
+                what: "cannot write piece",
+                source,
+            })
+    }
+
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|source| StorageError::Io {
+            path: self.path.clone(),
+            what: "cannot flush to disk",
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(size: u64, piece: u32) -> Common {
+        Common {
+            preferred_neighbors: 1,
+            unchoking_interval: 1,
+            optimistic_unchoking_interval: 1,
+            file_name: "f".into(),
+            file_size: size,
+            piece_size: piece,
+        }
+    }
+
+    #[test]
+    fn writes_and_reads_pieces_at_offsets_including_the_short_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = common(10, 4);
+        let s = Storage::create(&dir.path().join("sub/f"), &c).unwrap();
+        s.write_piece(2, b"ij").unwrap();
+        s.write_piece(0, b"abcd").unwrap();
+        s.write_piece(1, b"efgh").unwrap();
+        assert_eq!(&s.read_piece(2).unwrap()[..], b"ij");
+        assert_eq!(
+            std::fs::read(dir.path().join("sub/f")).unwrap(),
+            b"abcdefghij"
+        );
+        let seed = Storage::open_seed(&dir.path().join("sub/f"), &c).unwrap();
+        assert_eq!(&seed.read_piece(1).unwrap()[..], b"efgh");
+    }
+
+    #[test]
+    fn seed_errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Storage::open_seed(&dir.path().join("nope"), &common(10, 4)).unwrap_err();
+        assert!(matches!(e, StorageError::Missing { .. }));
+        assert!(e.to_string().contains("nope"));
+        std::fs::write(dir.path().join("short"), b"abc").unwrap();
+        let e = Storage::open_seed(&dir.path().join("short"), &common(10, 4)).unwrap_err();
+        assert!(e.to_string().contains("is 3 bytes"), "{e}");
+    }
+}

@@ -1,0 +1,613 @@
+//! The swarm actor: the one owner of a peer's state (our pieces, every neighbour's
+//! bitfield, interest, choking, outstanding requests) fed by a channel of events from
+//! connection tasks, disk tasks and its own timers.
+//!
+//! Every SPEC A5 rule is applied here, in one task, so there are no locks and no
+//! ordering races between, say, a choke and the piece read it cancels. Disk reads and
+//! writes run on blocking threads and report back as events, so the actor never waits
+//! on a socket or a disk.
+
+use crate::bitfield::Bitfield;
+use crate::choke::{Candidate, Choker, Decision};
+use crate::config::Config;
+use crate::connection::Link;
+use crate::eventlog::{Event as Log, EventLog};
+use crate::handshake::Extensions;
+use crate::message::Message;
+use crate::picker::{Picker, Strategy};
+use crate::storage::{Storage, StorageError};
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Everything that reaches the actor.
+#[derive(Debug)]
+pub enum SwarmEvent {
+    /// A connection finished its handshake.
+    Connected {
+        peer: u32,
+        link: Link,
+        extensions: Extensions,
+        /// We connected (true) or accepted (false).
+        initiated: bool,
+    },
+    Message {
+        peer: u32,
+        conn: u64,
+        msg: Message,
+    },
+    /// The reader saw EOF (`reason: None`) or a protocol/I-O error.
+    Closed {
+        peer: u32,
+        conn: u64,
+        reason: Option<String>,
+    },
+    PieceWritten {
+        index: u32,
+        from: u32,
+        result: Result<(), StorageError>,
+    },
+    PieceRead {
+        peer: u32,
+        conn: u64,
+        index: u32,
+        result: Result<Bytes, StorageError>,
+    },
+    /// A connector gave up on an earlier peer.
+    ConnectFailed {
+        peer: u32,
+        reason: String,
+    },
+}
+
+/// Tunables of the actor; `strict` = SPEC Part A to the letter.
+#[derive(Clone, Debug)]
+pub struct SwarmOptions {
+    pub strict: bool,
+    /// Outstanding requests per connection when both sides negotiated PIPELINE.
+    pub pipeline_depth: usize,
+    /// Most piece bytes we queue for one neighbour before ignoring its requests.
+    pub max_queued_bytes: u64,
+    pub seed: u64,
+}
+
+/// How a swarm run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every peer of PeerInfo.cfg has the whole file.
+    AllComplete,
+    Failed(String),
+}
+
+struct Neighbour {
+    link: Link,
+    bitfield: Bitfield,
+    extensions: Extensions,
+    seen_message: bool,
+    am_interested: bool,
+    peer_interested: bool,
+    peer_choking: bool,
+    /// Pieces requested from this neighbour and not yet arrived.
+    outstanding: Vec<u32>,
+    /// Requests of theirs we are reading from disk.
+    reading: u32,
+    bytes_this_interval: u64,
+}
+
+pub struct Swarm {
+    me: u32,
+    config: Config,
+    opts: SwarmOptions,
+    log: EventLog,
+    storage: Arc<Storage>,
+    picker: Picker,
+    neighbours: BTreeMap<u32, Neighbour>,
+    known_complete: HashSet<u32>,
+    /// Pieces received and being written; they count as pending in the picker.
+    writing: HashSet<u32>,
+    choker: Choker,
+    rng: StdRng,
+    events_tx: mpsc::Sender<SwarmEvent>,
+    events: mpsc::Receiver<SwarmEvent>,
+    /// Peers we gave up connecting to, so the run cannot finish.
+    unreachable: Vec<String>,
+}
+
+impl Swarm {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: u32,
+        config: Config,
+        opts: SwarmOptions,
+        log: EventLog,
+        storage: Arc<Storage>,
+        have: Bitfield,
+        events_tx: mpsc::Sender<SwarmEvent>,
+        events: mpsc::Receiver<SwarmEvent>,
+    ) -> Swarm {
+        let strategy = if opts.strict {
+            Strategy::Random
+        } else {
+            Strategy::RarestFirst
+        };
+        let mut known_complete = HashSet::new();
+        if have.is_complete() {
+            known_complete.insert(me);
+        }
+        Swarm {
+            me,
+            rng: StdRng::seed_from_u64(opts.seed),
+            config,
+            opts,
+            log,
+            storage,
+            picker: Picker::new(have, strategy),
+            neighbours: BTreeMap::new(),
+            known_complete,
+            writing: HashSet::new(),
+            choker: Choker::default(),
+            events_tx,
+            events,
+            unreachable: Vec::new(),
+        }
+    }
+
+    /// Runs until every peer has the file, then closes connections gracefully.
+    pub async fn run(mut self) -> Outcome {
+        let c = &self.config.common;
+        let mut unchoke = tokio::time::interval(Duration::from_secs(c.unchoking_interval));
+        let mut optimistic =
+            tokio::time::interval(Duration::from_secs(c.optimistic_unchoking_interval));
+        let outcome = loop {
+            if self.all_complete() {
+                break Outcome::AllComplete;
+            }
+            if !self.unreachable.is_empty() {
+                break Outcome::Failed(format!("cannot finish: {}", self.unreachable.join("; ")));
+            }
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => {
+                        if let Err(fatal) = self.handle(ev) {
+                            break Outcome::Failed(fatal);
+                        }
+                    }
+                    None => break Outcome::Failed("event channel closed".into()),
+                },
+                _ = unchoke.tick() => self.rechoke(),
+                _ = optimistic.tick() => self.rotate_optimistic(),
+            }
+        };
+        self.shutdown().await;
+        outcome
+    }
+
+    fn all_complete(&self) -> bool {
+        self.picker.have().is_complete()
+            && self
+                .config
+                .peers
+                .peers
+                .iter()
+                .all(|p| self.known_complete.contains(&p.id))
+    }
+
+    /// Stops sending, then reads until every neighbour closed (or a grace period
+    /// passes) so that no byte a neighbour still sends is met with a reset.
+    async fn shutdown(&mut self) {
+        let mut open: HashSet<u64> = self.neighbours.values().map(|n| n.link.conn).collect();
+        self.neighbours.clear();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !open.is_empty() {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(SwarmEvent::Closed { conn, .. })) => {
+                    open.remove(&conn);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Err(e) = self.storage.sync() {
+            tracing::error!("{e}");
+        }
+    }
+
+    fn handle(&mut self, ev: SwarmEvent) -> Result<(), String> {
+        match ev {
+            SwarmEvent::Connected {
+                peer,
+                link,
+                extensions,
+                initiated,
+            } => self.on_connected(peer, link, extensions, initiated),
+            SwarmEvent::Message { peer, conn, msg } => {
+                if self.neighbours.get(&peer).map(|n| n.link.conn) != Some(conn) {
+                    return Ok(()); // a connection we already dropped
+                }
+                if let Err(why) = self.on_message(peer, msg) {
+                    tracing::warn!("closing connection to peer {peer}: {why}");
+                    self.drop_neighbour(peer);
+                }
+            }
+            SwarmEvent::Closed { peer, conn, reason } => {
+                if self.neighbours.get(&peer).map(|n| n.link.conn) == Some(conn) {
+                    match reason {
+                        Some(r) => tracing::warn!("connection to peer {peer} failed: {r}"),
+                        None => tracing::info!("peer {peer} closed the connection"),
+                    }
+                    self.drop_neighbour(peer);
+                }
+            }
+            SwarmEvent::PieceWritten {
+                index,
+                from,
+                result,
+            } => {
+                self.writing.remove(&index);
+                match result {
+                    Ok(()) => self.on_piece_stored(index, from),
+                    Err(e) => return Err(format!("disk error: {e}")),
+                }
+            }
+            SwarmEvent::PieceRead {
+                peer,
+                conn,
+                index,
+                result,
+            } => {
+                let data = result.map_err(|e| format!("disk error: {e}"))?;
+                let choker = &self.choker;
+                if let Some(n) = self.neighbours.get_mut(&peer) {
+                    if n.link.conn != conn {
+                        return Ok(());
+                    }
+                    n.reading = n.reading.saturating_sub(1);
+                    // A choke sent meanwhile cancels the answer (SPEC A5.4).
+                    if choker.is_unchoked(peer) {
+                        n.link
+                            .queued_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let _ = n.link.tx.send(Message::Piece { index, data });
+                    }
+                }
+            }
+            SwarmEvent::ConnectFailed { peer, reason } => {
+                if !self.known_complete.contains(&peer) {
+                    self.unreachable.push(format!("peer {peer}: {reason}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_connected(&mut self, peer: u32, link: Link, extensions: Extensions, initiated: bool) {
+        if self.neighbours.contains_key(&peer) {
+            tracing::warn!("peer {peer} is already connected; closing the second connection");
+            return; // dropping `link` closes it
+        }
+        self.log.write(&if initiated {
+            Log::MakesConnection(peer)
+        } else {
+            Log::ConnectedFrom(peer)
+        });
+        if !extensions.is_none() {
+            tracing::debug!("peer {peer}: extensions {:?}", extensions);
+        }
+        // Always send the bitfield, all zero if we have nothing (SPEC A5.1).
+        let _ = link.tx.send(Message::Bitfield(Bytes::copy_from_slice(
+            self.picker.have().as_bytes(),
+        )));
+        self.neighbours.insert(
+            peer,
+            Neighbour {
+                link,
+                bitfield: Bitfield::new(self.config.common.num_pieces()),
+                extensions,
+                seen_message: false,
+                am_interested: false,
+                peer_interested: false,
+                peer_choking: true,
+                outstanding: Vec::new(),
+                reading: 0,
+                bytes_this_interval: 0,
+            },
+        );
+    }
+
+    fn drop_neighbour(&mut self, peer: u32) {
+        if let Some(n) = self.neighbours.remove(&peer) {
+            for i in n.outstanding {
+                self.picker.unmark_pending(i);
+            }
+            self.picker.remove_peer(&n.bitfield);
+            self.choker.remove(peer);
+            // Pieces it held that nobody else asked for may now be wanted elsewhere.
+            let ids: Vec<u32> = self.neighbours.keys().copied().collect();
+            for id in ids {
+                self.fill_requests(id);
+            }
+        }
+    }
+
+    fn pieces(&self) -> u32 {
+        self.config.common.num_pieces()
+    }
+
+    /// Applies one message; an `Err` closes this connection only.
+    fn on_message(&mut self, peer: u32, msg: Message) -> Result<(), String> {
+        let pieces = self.pieces();
+        let first = {
+            let n = self.neighbour(peer)?;
+            let first = !n.seen_message;
+            n.seen_message = true;
+            first
+        };
+        match msg {
+            Message::Bitfield(bytes) => {
+                if !first {
+                    return Err("bitfield sent after other messages".into());
+                }
+                let bf = Bitfield::from_bytes(&bytes, pieces).map_err(|e| e.to_string())?;
+                self.picker.add_peer(&bf);
+                if bf.is_complete() {
+                    self.known_complete.insert(peer);
+                }
+                self.neighbour(peer)?.bitfield = bf;
+                self.update_interest(peer);
+            }
+            Message::Have(i) => {
+                if i >= pieces {
+                    return Err(format!("'have' for piece {i} of {pieces}"));
+                }
+                self.log.write(&Log::ReceivedHave {
+                    from: peer,
+                    piece: i,
+                });
+                let n = self.neighbour(peer)?;
+                if n.bitfield.set(i) {
+                    let complete = n.bitfield.is_complete();
+                    self.picker.peer_has(i);
+                    if complete {
+                        self.known_complete.insert(peer);
+                    }
+                }
+                self.update_interest(peer);
+                self.fill_requests(peer);
+            }
+            Message::Interested => {
+                self.log.write(&Log::ReceivedInterested(peer));
+                self.neighbour(peer)?.peer_interested = true;
+            }
+            Message::NotInterested => {
+                self.log.write(&Log::ReceivedNotInterested(peer));
+                self.neighbour(peer)?.peer_interested = false;
+            }
+            Message::Choke => {
+                self.log.write(&Log::ChokedBy(peer));
+                let n = self.neighbour(peer)?;
+                n.peer_choking = true;
+                // Unanswered requests become requestable again, from anyone.
+                let lost = std::mem::take(&mut n.outstanding);
+                for i in lost {
+                    self.picker.unmark_pending(i);
+                }
+                let ids: Vec<u32> = self.neighbours.keys().copied().collect();
+                for id in ids {
+                    self.fill_requests(id);
+                }
+            }
+            Message::Unchoke => {
+                self.log.write(&Log::UnchokedBy(peer));
+                self.neighbour(peer)?.peer_choking = false;
+                self.fill_requests(peer);
+            }
+            Message::Request(i) => {
+                if i >= pieces {
+                    return Err(format!("request for piece {i} of {pieces}"));
+                }
+                if !self.picker.have().has(i) {
+                    return Err(format!("request for piece {i}, which we do not have"));
+                }
+                if !self.choker.is_unchoked(peer) {
+                    tracing::debug!("peer {peer} requested piece {i} while choked; ignored");
+                    return Ok(());
+                }
+                let limit = self.opts.max_queued_bytes;
+                let piece = self.config.common.piece_size as u64;
+                let n = self.neighbour(peer)?;
+                let queued = n.link.queued_bytes.load(Ordering::Relaxed);
+                if queued + (n.reading as u64 + 1) * piece > limit {
+                    tracing::warn!("peer {peer} has too many requests queued; ignoring piece {i}");
+                    return Ok(());
+                }
+                n.reading += 1;
+                let conn = n.link.conn;
+                let storage = self.storage.clone();
+                let tx = self.events_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = storage.read_piece(i);
+                    let _ = tx.blocking_send(SwarmEvent::PieceRead {
+                        peer,
+                        conn,
+                        index: i,
+                        result,
+                    });
+                });
+            }
+            Message::Piece { index, data } => {
+                if index >= pieces {
+                    return Err(format!("piece {index} of {pieces}"));
+                }
+                let want = self.config.common.piece_len(index) as usize;
+                if data.len() != want {
+                    return Err(format!(
+                        "piece {index} is {} bytes, expected {want}",
+                        data.len()
+                    ));
+                }
+                let n = self.neighbour(peer)?;
+                let was_requested = match n.outstanding.iter().position(|&p| p == index) {
+                    Some(pos) => {
+                        n.outstanding.swap_remove(pos);
+                        true
+                    }
+                    None => false,
+                };
+                n.bytes_this_interval += data.len() as u64;
+                if self.picker.have().has(index) || self.writing.contains(&index) {
+                    tracing::debug!("peer {peer} sent piece {index}, which we already have");
+                } else {
+                    if !was_requested && self.picker.is_pending(index) {
+                        // Requested from someone else after a choke; this copy wins and
+                        // the other request is left to arrive as a duplicate.
+                        tracing::debug!("piece {index} arrived from {peer} unrequested");
+                    }
+                    self.picker.mark_pending(index);
+                    self.writing.insert(index);
+                    let storage = self.storage.clone();
+                    let tx = self.events_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let result = storage.write_piece(index, &data);
+                        let _ = tx.blocking_send(SwarmEvent::PieceWritten {
+                            index,
+                            from: peer,
+                            result,
+                        });
+                    });
+                }
+                self.fill_requests(peer);
+            }
+        }
+        Ok(())
+    }
+
+    fn neighbour(&mut self, peer: u32) -> Result<&mut Neighbour, String> {
+        self.neighbours
+            .get_mut(&peer)
+            .ok_or_else(|| format!("peer {peer} is not connected"))
+    }
+
+    fn on_piece_stored(&mut self, index: u32, from: u32) {
+        if !self.picker.complete(index) {
+            return;
+        }
+        let count = self.picker.have().count();
+        self.log.write(&Log::Downloaded {
+            piece: index,
+            from,
+            count,
+        });
+        let ids: Vec<u32> = self.neighbours.keys().copied().collect();
+        for &id in &ids {
+            if let Some(n) = self.neighbours.get(&id) {
+                let _ = n.link.tx.send(Message::Have(index));
+            }
+            self.update_interest(id);
+        }
+        if self.picker.have().is_complete() {
+            self.log.write(&Log::Complete);
+            self.known_complete.insert(self.me);
+            if let Err(e) = self.storage.sync() {
+                tracing::error!("{e}");
+            }
+            tracing::info!(
+                "downloaded the complete file: {}",
+                self.storage.path().display()
+            );
+        }
+    }
+
+    /// Sends `interested` / `not interested` when our view of `peer` changes (A5.2).
+    fn update_interest(&mut self, peer: u32) {
+        let have = self.picker.have();
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return;
+        };
+        let want = have.lacks_any_of(&n.bitfield);
+        if want != n.am_interested {
+            n.am_interested = want;
+            let _ = n.link.tx.send(if want {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            });
+        }
+    }
+
+    /// Issues requests to `peer` up to the connection's depth (1 unless negotiated).
+    fn fill_requests(&mut self, peer: u32) {
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return;
+        };
+        if n.peer_choking {
+            return;
+        }
+        let depth = if n.extensions.contains(Extensions::PIPELINE) {
+            self.opts.pipeline_depth.max(1)
+        } else {
+            1
+        };
+        while n.outstanding.len() < depth {
+            let Some(i) = self.picker.pick(&n.bitfield, &mut self.rng) else {
+                break;
+            };
+            self.picker.mark_pending(i);
+            n.outstanding.push(i);
+            let _ = n.link.tx.send(Message::Request(i));
+        }
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.neighbours
+            .iter()
+            .map(|(&id, n)| Candidate {
+                id,
+                interested: n.peer_interested,
+                rate: n.bytes_this_interval,
+            })
+            .collect()
+    }
+
+    fn rechoke(&mut self) {
+        let cands = self.candidates();
+        let k = self.config.common.preferred_neighbors;
+        let complete = self.picker.have().is_complete();
+        let d = self.choker.rechoke(&cands, k, complete, &mut self.rng);
+        for n in self.neighbours.values_mut() {
+            n.bytes_this_interval = 0;
+        }
+        self.apply(d);
+    }
+
+    fn rotate_optimistic(&mut self) {
+        let cands = self.candidates();
+        let d = self.choker.rotate_optimistic(&cands, &mut self.rng);
+        self.apply(d);
+    }
+
+    fn apply(&mut self, d: Decision) {
+        if let Some(list) = &d.preferred_changed {
+            if !list.is_empty() {
+                self.log.write(&Log::PreferredNeighbors(list.clone()));
+            }
+        }
+        if let Some(id) = d.optimistic_changed {
+            self.log.write(&Log::OptimisticNeighbor(id));
+        }
+        for id in d.choke {
+            if let Some(n) = self.neighbours.get(&id) {
+                let _ = n.link.tx.send(Message::Choke);
+            }
+        }
+        for id in d.unchoke {
+            if let Some(n) = self.neighbours.get(&id) {
+                let _ = n.link.tx.send(Message::Unchoke);
+            }
+        }
+    }
+}
