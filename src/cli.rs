@@ -34,6 +34,11 @@ pub struct PeerArgs {
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub pipeline_depth: u16,
 
+    /// Exit with an error after this many seconds without progress while the swarm
+    /// cannot finish (a listed peer is gone, or a missing piece has no holder).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub give_up_after: u64,
+
     /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -49,6 +54,7 @@ impl PeerArgs {
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             pipeline_depth: self.pipeline_depth as usize,
             seed: self.seed,
+            give_up_after: Duration::from_secs(self.give_up_after),
         }
     }
 }

@@ -122,6 +122,7 @@ pub fn start(
 ) -> Link {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
+    detect_dead_peers(&stream);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(AtomicU64::new(0));
@@ -131,6 +132,24 @@ pub fn start(
         conn,
         tx,
         queued_bytes,
+    }
+}
+
+/// Part A has no keep-alive message and idle connections are normal (a peer waits for
+/// others to finish), so a vanished host is detected by TCP itself: keepalive probes
+/// on an idle connection, and a bound on how long sent data may stay unacknowledged.
+fn detect_dead_peers(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        tracing::debug!("cannot enable TCP keepalive: {e}");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(30))) {
+        tracing::debug!("cannot set TCP_USER_TIMEOUT: {e}");
     }
 }
 

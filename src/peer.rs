@@ -30,6 +30,8 @@ pub struct PeerOptions {
     pub pipeline_depth: usize,
     /// Seed of the peer's RNG (piece and neighbour choice); random when `None`.
     pub seed: Option<u64>,
+    /// Exit non-zero after this long without progress when the swarm cannot finish.
+    pub give_up_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,17 +118,30 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         codec.clone(),
         tx.clone(),
     ));
-    for earlier in &config.peers.peers[..my_pos] {
-        tokio::spawn(connect_to(
-            me,
-            earlier.id,
-            earlier.host.clone(),
-            earlier.port,
-            ours,
+    let connector = {
+        let (peers, opts, codec, tx) = (
+            config.peers.clone(),
             opts.clone(),
             codec.clone(),
             tx.clone(),
-        ));
+        );
+        move |id: u32| {
+            if let Some(p) = peers.get(id) {
+                tokio::spawn(connect_to(
+                    me,
+                    p.id,
+                    p.host.clone(),
+                    p.port,
+                    ours,
+                    opts.clone(),
+                    codec.clone(),
+                    tx.clone(),
+                ));
+            }
+        }
+    };
+    for earlier in &config.peers.peers[..my_pos] {
+        connector(earlier.id);
     }
 
     let swarm_opts = SwarmOptions {
@@ -135,8 +150,19 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         max_queued_bytes: (common.piece_size as u64 * (opts.pipeline_depth as u64 + 2))
             .max(4 << 20),
         seed: opts.seed.unwrap_or_else(rand::random),
+        give_up_after: opts.give_up_after,
     };
-    let swarm = Swarm::new(me, config, swarm_opts, log, storage, have, tx, rx);
+    let swarm = Swarm::new(
+        me,
+        config,
+        swarm_opts,
+        log,
+        storage,
+        have,
+        tx,
+        rx,
+        Box::new(connector),
+    );
     match swarm.run().await {
         Outcome::AllComplete => Ok(()),
         Outcome::Failed(reason) => Err(PeerError::Failed { id: me, reason }),

@@ -4,7 +4,10 @@
 //! anyone and not yet arrived (never requested twice), and how many neighbours have
 //! each piece. `Random` is A5.4 to the letter; `RarestFirst` (default mode) picks at
 //! random among the candidates fewest neighbours have, so the seeder's upload goes to
-//! pieces nobody else can supply.
+//! pieces nobody else can supply. With a partition `(d, D)` (downloader d of the D
+//! listed in PeerInfo.cfg), equally rare pieces with `index % D == d` come first, so
+//! downloaders asking the seeder at the same moment ask for different pieces and the
+//! seeder sends each piece about once.
 
 use crate::bitfield::Bitfield;
 use rand::Rng;
@@ -21,6 +24,7 @@ pub struct Picker {
     pending: Bitfield,
     availability: Vec<u32>,
     strategy: Strategy,
+    partition: Option<(u32, u32)>,
 }
 
 impl Picker {
@@ -31,7 +35,21 @@ impl Picker {
             pending: Bitfield::new(n),
             availability: vec![0; n as usize],
             strategy,
+            partition: None,
         }
+    }
+
+    /// Prefers pieces `i` with `i % of == slot` among equally rare ones (RarestFirst).
+    pub fn set_partition(&mut self, slot: u32, of: u32) {
+        if of > 1 && slot < of {
+            self.partition = Some((slot, of));
+        }
+    }
+
+    /// Rarity key: lower is picked first.
+    fn key(&self, i: u32) -> (u32, bool) {
+        let foreign = self.partition.is_some_and(|(slot, of)| i % of != slot);
+        (self.availability[i as usize], foreign)
     }
 
     pub fn have(&self) -> &Bitfield {
@@ -81,7 +99,7 @@ impl Picker {
                 None
             }
             Strategy::RarestFirst => {
-                let mut best: Option<(u32, u32)> = None; // (availability, index)
+                let mut best: Option<((u32, bool), u32)> = None; // (key, index)
                 let mut ties = 0u32;
                 for k in 0..bytes {
                     let b = (start + k) % bytes;
@@ -90,7 +108,7 @@ impl Picker {
                         let bit = m.leading_zeros();
                         m &= !(0x80 >> bit);
                         let i = b as u32 * 8 + bit;
-                        let a = self.availability[i as usize];
+                        let a = self.key(i);
                         match best {
                             Some((ba, _)) if a > ba => {}
                             Some((ba, _)) if a == ba => {
@@ -107,13 +125,55 @@ impl Picker {
                         }
                     }
                     // Only this neighbour has it: nothing can be rarer.
-                    if matches!(best, Some((a, _)) if a <= 1) && ties >= 8 {
+                    if matches!(best, Some(((a, false), _)) if a <= 1) && ties >= 8 {
                         break;
                     }
                 }
                 best.map(|(_, i)| i)
             }
         }
+    }
+
+    /// Endgame: a piece `theirs` has that we lack and that is already requested from
+    /// someone else (and not in `exclude`), to ask for a second copy.
+    pub fn pick_endgame<R: Rng>(
+        &self,
+        theirs: &Bitfield,
+        exclude: impl Fn(u32) -> bool,
+        rng: &mut R,
+    ) -> Option<u32> {
+        if theirs.len() != self.have.len() {
+            return None;
+        }
+        let mut chosen = None;
+        let mut seen = 0u32;
+        for (b, &t) in theirs.as_bytes().iter().enumerate() {
+            let mut m = t & !self.have.as_bytes()[b] & self.pending.as_bytes()[b];
+            while m != 0 {
+                let bit = m.leading_zeros();
+                m &= !(0x80 >> bit);
+                let i = b as u32 * 8 + bit;
+                if exclude(i) {
+                    continue;
+                }
+                seen += 1;
+                if rng.gen_range(0..seen) == 0 {
+                    chosen = Some(i);
+                }
+            }
+        }
+        chosen
+    }
+
+    /// Pieces we lack and nobody has been asked for.
+    pub fn unrequested_missing(&self) -> u32 {
+        self.have
+            .as_bytes()
+            .iter()
+            .zip(self.pending.as_bytes())
+            .map(|(h, p)| (!h & !p).count_ones())
+            .sum::<u32>()
+            - (self.have.as_bytes().len() as u32 * 8 - self.have.len())
     }
 
     pub fn mark_pending(&mut self, i: u32) {
@@ -205,6 +265,44 @@ mod tests {
         p.remove_peer(&Bitfield::full(16));
         let mut rng = StdRng::seed_from_u64(1);
         assert!(p.pick(&bf(16, &[3]), &mut rng) == Some(3));
+    }
+
+    #[test]
+    fn partition_splits_equally_rare_pieces() {
+        let mut p = Picker::new(Bitfield::new(40), Strategy::RarestFirst);
+        p.set_partition(1, 4);
+        p.add_peer(&Bitfield::full(40));
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..10 {
+            let i = p.pick(&Bitfield::full(40), &mut rng).unwrap();
+            assert_eq!(i % 4, 1, "{i}");
+            p.mark_pending(i);
+        }
+        // Own share exhausted: the others' shares are next, never nothing.
+        let i = p.pick(&Bitfield::full(40), &mut rng).unwrap();
+        assert_ne!(i % 4, 1);
+        // Rarity still beats the partition.
+        p.add_peer(&bf(40, &[0, 2, 3]));
+        let mut q = Picker::new(Bitfield::new(8), Strategy::RarestFirst);
+        q.set_partition(0, 2);
+        q.add_peer(&Bitfield::full(8));
+        q.add_peer(&bf(8, &[0, 2, 4, 6]));
+        assert_eq!(q.pick(&Bitfield::full(8), &mut rng).map(|i| i % 2), Some(1));
+    }
+
+    #[test]
+    fn endgame_picks_pending_pieces_only() {
+        let mut p = Picker::new(bf(8, &[0]), Strategy::RarestFirst);
+        assert_eq!(p.unrequested_missing(), 7);
+        for i in 1..8 {
+            p.mark_pending(i);
+        }
+        assert_eq!(p.unrequested_missing(), 0);
+        let mut rng = StdRng::seed_from_u64(1);
+        let theirs = bf(8, &[0, 3, 4]);
+        assert_eq!(p.pick(&theirs, &mut rng), None);
+        assert_eq!(p.pick_endgame(&theirs, |i| i == 3, &mut rng), Some(4));
+        assert_eq!(p.pick_endgame(&theirs, |i| i >= 3, &mut rng), None);
     }
 
     #[test]

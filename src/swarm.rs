@@ -74,6 +74,9 @@ pub struct SwarmOptions {
     /// Most piece bytes we queue for one neighbour before ignoring its requests.
     pub max_queued_bytes: u64,
     pub seed: u64,
+    /// Give up (exit non-zero) after this long without progress while the swarm
+    /// cannot finish: a peer of PeerInfo.cfg is gone or a missing piece has no holder.
+    pub give_up_after: Duration,
 }
 
 /// How a swarm run ended.
@@ -116,6 +119,9 @@ pub struct Swarm {
     events: mpsc::Receiver<SwarmEvent>,
     /// Peers we gave up connecting to, so the run cannot finish.
     unreachable: Vec<String>,
+    /// Asks the peer to connect again to an earlier-listed peer that dropped.
+    reconnect: Box<dyn Fn(u32) + Send>,
+    last_progress: tokio::time::Instant,
 }
 
 impl Swarm {
@@ -129,6 +135,7 @@ impl Swarm {
         have: Bitfield,
         events_tx: mpsc::Sender<SwarmEvent>,
         events: mpsc::Receiver<SwarmEvent>,
+        reconnect: Box<dyn Fn(u32) + Send>,
     ) -> Swarm {
         let strategy = if opts.strict {
             Strategy::Random
@@ -139,6 +146,21 @@ impl Swarm {
         if have.is_complete() {
             known_complete.insert(me);
         }
+        let mut picker = Picker::new(have, strategy);
+        if !opts.strict {
+            // Every peer knows the whole swarm from PeerInfo.cfg, so downloaders can
+            // split the seeder's pieces among themselves without talking.
+            let downloaders: Vec<u32> = config
+                .peers
+                .peers
+                .iter()
+                .filter(|p| !p.has_file)
+                .map(|p| p.id)
+                .collect();
+            if let Some(slot) = downloaders.iter().position(|&id| id == me) {
+                picker.set_partition(slot as u32, downloaders.len() as u32);
+            }
+        }
         Swarm {
             me,
             rng: StdRng::seed_from_u64(opts.seed),
@@ -146,7 +168,7 @@ impl Swarm {
             opts,
             log,
             storage,
-            picker: Picker::new(have, strategy),
+            picker,
             neighbours: BTreeMap::new(),
             known_complete,
             writing: HashSet::new(),
@@ -154,6 +176,8 @@ impl Swarm {
             events_tx,
             events,
             unreachable: Vec::new(),
+            reconnect,
+            last_progress: tokio::time::Instant::now(),
         }
     }
 
@@ -163,6 +187,7 @@ impl Swarm {
         let mut unchoke = tokio::time::interval(Duration::from_secs(c.unchoking_interval));
         let mut optimistic =
             tokio::time::interval(Duration::from_secs(c.optimistic_unchoking_interval));
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let outcome = loop {
             if self.all_complete() {
                 break Outcome::AllComplete;
@@ -181,6 +206,11 @@ impl Swarm {
                 },
                 _ = unchoke.tick() => self.rechoke(),
                 _ = optimistic.tick() => self.rotate_optimistic(),
+                _ = housekeeping.tick() => {
+                    if let Some(why) = self.stalled() {
+                        break Outcome::Failed(why);
+                    }
+                }
             }
         };
         self.shutdown().await;
@@ -195,6 +225,48 @@ impl Swarm {
                 .peers
                 .iter()
                 .all(|p| self.known_complete.contains(&p.id))
+    }
+
+    /// `Some(reason)` when nothing progressed for `give_up_after` and the swarm cannot
+    /// finish as things stand.
+    fn stalled(&self) -> Option<String> {
+        if self.last_progress.elapsed() < self.opts.give_up_after {
+            return None;
+        }
+        let absent: Vec<String> = self
+            .config
+            .peers
+            .peers
+            .iter()
+            .filter(|p| {
+                p.id != self.me
+                    && !self.known_complete.contains(&p.id)
+                    && !self.neighbours.contains_key(&p.id)
+            })
+            .map(|p| p.id.to_string())
+            .collect();
+        let have = self.picker.have();
+        let orphans = (0..have.len())
+            .filter(|&i| !have.has(i) && !self.neighbours.values().any(|n| n.bitfield.has(i)))
+            .count();
+        if absent.is_empty() && orphans == 0 {
+            return None;
+        }
+        let mut why = format!(
+            "no progress for {:?} and the swarm cannot finish:",
+            self.opts.give_up_after
+        );
+        if !absent.is_empty() {
+            why += &format!(
+                " peers {} are not connected and not known to be complete;",
+                absent.join(",")
+            );
+        }
+        if orphans > 0 {
+            why += &format!(" {orphans} pieces we lack are held by no connected peer;");
+        }
+        why += &format!(" we have {}/{} pieces", have.count(), have.len());
+        Some(why)
     }
 
     /// Stops sending, then reads until every neighbour closed (or a grace period
@@ -277,6 +349,9 @@ impl Swarm {
                 }
             }
             SwarmEvent::ConnectFailed { peer, reason } => {
+                if self.neighbours.contains_key(&peer) {
+                    return Ok(()); // it connected to us meanwhile
+                }
                 if !self.known_complete.contains(&peer) {
                     self.unreachable.push(format!("peer {peer}: {reason}"));
                 }
@@ -287,9 +362,15 @@ impl Swarm {
 
     fn on_connected(&mut self, peer: u32, link: Link, extensions: Extensions, initiated: bool) {
         if self.neighbours.contains_key(&peer) {
-            tracing::warn!("peer {peer} is already connected; closing the second connection");
-            return; // dropping `link` closes it
+            if self.opts.strict {
+                tracing::warn!("peer {peer} is already connected; closing the second connection");
+                return; // dropping `link` closes it
+            }
+            // A restarted peer reconnects before we noticed its old connection die.
+            tracing::warn!("peer {peer} connected again; replacing the old connection");
+            self.drop_neighbour(peer);
         }
+        self.last_progress = tokio::time::Instant::now();
         self.log.write(&if initiated {
             Log::MakesConnection(peer)
         } else {
@@ -322,7 +403,7 @@ impl Swarm {
     fn drop_neighbour(&mut self, peer: u32) {
         if let Some(n) = self.neighbours.remove(&peer) {
             for i in n.outstanding {
-                self.picker.unmark_pending(i);
+                self.release(i);
             }
             self.picker.remove_peer(&n.bitfield);
             self.choker.remove(peer);
@@ -331,6 +412,21 @@ impl Swarm {
             for id in ids {
                 self.fill_requests(id);
             }
+            // We connect to peers listed before us (SPEC A2); later ones reconnect to us.
+            let earlier = self.config.peers.position(peer) < self.config.peers.position(self.me);
+            if earlier && !self.all_complete() {
+                (self.reconnect)(peer);
+            }
+        }
+    }
+
+    /// A request to some neighbour will not be answered: make the piece requestable
+    /// again unless another neighbour (endgame) or the disk still has it in hand.
+    fn release(&mut self, i: u32) {
+        let elsewhere = self.writing.contains(&i)
+            || self.neighbours.values().any(|n| n.outstanding.contains(&i));
+        if !elsewhere {
+            self.picker.unmark_pending(i);
         }
     }
 
@@ -375,6 +471,7 @@ impl Swarm {
                     if complete {
                         self.known_complete.insert(peer);
                     }
+                    self.last_progress = tokio::time::Instant::now();
                 }
                 self.update_interest(peer);
                 self.fill_requests(peer);
@@ -394,7 +491,7 @@ impl Swarm {
                 // Unanswered requests become requestable again, from anyone.
                 let lost = std::mem::take(&mut n.outstanding);
                 for i in lost {
-                    self.picker.unmark_pending(i);
+                    self.release(i);
                 }
                 let ids: Vec<u32> = self.neighbours.keys().copied().collect();
                 for id in ids {
@@ -496,6 +593,7 @@ impl Swarm {
         if !self.picker.complete(index) {
             return;
         }
+        self.last_progress = tokio::time::Instant::now();
         let count = self.picker.have().count();
         self.log.write(&Log::Downloaded {
             piece: index,
@@ -559,6 +657,20 @@ impl Swarm {
             self.picker.mark_pending(i);
             n.outstanding.push(i);
             let _ = n.link.tx.send(Message::Request(i));
+        }
+        // Endgame (default mode): every missing piece is requested somewhere and this
+        // connection is idle, so ask it for one of them too rather than wait on the
+        // slowest neighbour. One extra copy per idle connection at most; duplicates
+        // are dropped on arrival.
+        if !self.opts.strict && n.outstanding.is_empty() && self.picker.unrequested_missing() == 0 {
+            let writing = &self.writing;
+            if let Some(i) =
+                self.picker
+                    .pick_endgame(&n.bitfield, |i| writing.contains(&i), &mut self.rng)
+            {
+                n.outstanding.push(i);
+                let _ = n.link.tx.send(Message::Request(i));
+            }
         }
     }
 

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `p2pshare_fuzz::checks::bitfield` for the input format and the invariants checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| p2pshare_fuzz::checks::bitfield(data));
