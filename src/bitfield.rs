@@ -57,7 +57,7 @@ impl Bitfield {
                 pieces: len,
             });
         }
-        let spare = (expected * 8) as u32 - len;
+        let spare = (expected as u64 * 8 - len as u64) as u32;
         if spare > 0 {
             let mask = (1u8 << spare) - 1;
             if bytes[expected - 1] & mask != 0 {

@@ -39,6 +39,16 @@ pub struct PeerArgs {
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub give_up_after: u64,
 
+    /// Manifest of piece hashes [default: <dir>/<FileName>.p2pmanifest if present;
+    /// without one, pieces are not verified].
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+
+    /// Refuse to start unless the manifest's BLAKE3 digest (printed by
+    /// `p2pshare manifest`) is this one.
+    #[arg(long, value_name = "HEX")]
+    pub manifest_digest: Option<String>,
+
     /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -55,6 +65,8 @@ impl PeerArgs {
             pipeline_depth: self.pipeline_depth as usize,
             seed: self.seed,
             give_up_after: Duration::from_secs(self.give_up_after),
+            manifest: self.manifest.clone(),
+            manifest_digest: self.manifest_digest.clone(),
         }
     }
 }

@@ -113,26 +113,36 @@ pub struct Link {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Starts the reader and writer tasks of an established connection.
+/// Starts the reader and writer tasks of an established connection. The reader
+/// announces the connection to the swarm before its first message, so the swarm
+/// never sees a message from a connection it does not know yet.
 pub fn start(
     stream: TcpStream,
     peer: u32,
+    extensions: Extensions,
+    initiated: bool,
     codec: MessageCodec,
     events: mpsc::Sender<SwarmEvent>,
-) -> Link {
+) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     detect_dead_peers(&stream);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(AtomicU64::new(0));
-    tokio::spawn(read_loop(rd, peer, conn, codec, events));
     tokio::spawn(write_loop(wr, rx, queued_bytes.clone()));
-    Link {
+    let link = Link {
         conn,
         tx,
         queued_bytes,
-    }
+    };
+    let hello = SwarmEvent::Connected {
+        peer,
+        link,
+        extensions,
+        initiated,
+    };
+    tokio::spawn(read_loop(rd, peer, conn, codec, events, hello));
 }
 
 /// Part A has no keep-alive message and idle connections are normal (a peer waits for
@@ -159,7 +169,11 @@ async fn read_loop(
     conn: u64,
     codec: MessageCodec,
     events: mpsc::Sender<SwarmEvent>,
+    hello: SwarmEvent,
 ) {
+    if events.send(hello).await.is_err() {
+        return;
+    }
     let mut frames = FramedRead::with_capacity(rd, codec, 256 * 1024);
     let reason = loop {
         match frames.next().await {

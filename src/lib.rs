@@ -15,6 +15,7 @@ pub mod connection;
 pub mod eventlog;
 pub mod handshake;
 pub mod local;
+pub mod manifest;
 pub mod message;
 pub mod peer;
 pub mod picker;

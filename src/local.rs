@@ -49,8 +49,8 @@ pub struct LocalArgs {
     pub peer_args: Vec<String>,
 }
 
-/// Writes an example swarm into `dir`: one seeder with a random file, `downloaders`
-/// peers without, all on free loopback ports.
+/// Writes an example swarm into `dir`: one seeder with a random file and its
+/// manifest, `downloaders` peers without, all on free loopback ports.
 pub fn write_example(dir: &Path, downloaders: u32, size: u64, piece_size: u32) -> Result<()> {
     let name = "example.bin";
     std::fs::write(
@@ -82,6 +82,13 @@ pub fn write_example(dir: &Path, downloaders: u32, size: u64, piece_size: u32) -
         left -= n as u64;
     }
     f.flush()?;
+    drop(f);
+    let config = Config::load(dir)?;
+    let m = crate::manifest::Manifest::build(&seed_dir.join(name), &config.common)?;
+    std::fs::write(
+        crate::manifest::path_for(dir, &config.common.file_name),
+        m.render(),
+    )?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{self, HandshakeFailure};
 use crate::eventlog::EventLog;
 use crate::handshake::Extensions;
+use crate::manifest::Manifest;
 use crate::message::MessageCodec;
 use crate::storage::{Storage, StorageError};
 use crate::swarm::{Outcome, Swarm, SwarmEvent, SwarmOptions};
@@ -32,6 +33,10 @@ pub struct PeerOptions {
     pub seed: Option<u64>,
     /// Exit non-zero after this long without progress when the swarm cannot finish.
     pub give_up_after: Duration,
+    /// Manifest file; default `<dir>/<FileName>.p2pmanifest` if it exists.
+    pub manifest: Option<PathBuf>,
+    /// BLAKE3 the manifest's bytes must have (pinned by the operator).
+    pub manifest_digest: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,57 @@ pub enum PeerError {
     },
     #[error("peer {id}: {reason}")]
     Failed { id: u32, reason: String },
+    #[error("{path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+}
+
+/// Loads and checks the manifest, if any. `None` means this peer runs unverified.
+fn load_manifest(
+    opts: &PeerOptions,
+    common: &crate::config::Common,
+) -> Result<Option<Manifest>, PeerError> {
+    let path = opts
+        .manifest
+        .clone()
+        .unwrap_or_else(|| crate::manifest::path_for(&opts.dir, &common.file_name));
+    let err = |reason: String| PeerError::Manifest {
+        path: path.clone(),
+        reason,
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.manifest.is_none() => {
+            if opts.manifest_digest.is_some() {
+                return Err(err("not found, but --manifest-digest was given".into()));
+            }
+            tracing::warn!(
+                "no manifest ({} not found): pieces cannot be verified; create one with `p2pshare manifest`",
+                path.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(err(format!("cannot read: {e}"))),
+    };
+    let digest = Manifest::digest(&bytes);
+    if let Some(want) = &opts.manifest_digest {
+        if !want.eq_ignore_ascii_case(&digest) {
+            return Err(err(format!(
+                "digest is {digest}, but --manifest-digest pins {want}"
+            )));
+        }
+    }
+    let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
+    let m =
+        Manifest::parse(&path.display().to_string(), &text).map_err(|e| PeerError::Manifest {
+            path: path.clone(),
+            reason: e.reason.clone() + &format!(" (line {})", e.line),
+        })?;
+    m.matches(common).map_err(err)?;
+    tracing::info!(
+        "verifying pieces against manifest {} (digest {digest})",
+        path.display()
+    );
+    Ok(Some(m))
 }
 
 /// Runs a peer to completion. `Ok(())` means every peer of PeerInfo.cfg has the file.
@@ -73,10 +129,42 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     let pieces = common.num_pieces();
 
     let path = opts.dir.join(format!("peer_{me}")).join(&common.file_name);
+    let manifest = load_manifest(&opts, &common)?;
     let (storage, have) = if info.has_file {
-        (Storage::open_seed(&path, &common)?, Bitfield::full(pieces))
+        let storage = Storage::open_seed(&path, &common)?;
+        let have = match &manifest {
+            Some(m) => {
+                let have = storage.verified_pieces(m)?;
+                if !have.is_complete() {
+                    tracing::error!(
+                        "{}: {} of {pieces} pieces do not match the manifest; fetching them from others",
+                        path.display(),
+                        pieces - have.count()
+                    );
+                }
+                have
+            }
+            None => Bitfield::full(pieces),
+        };
+        (storage, have)
     } else {
-        (Storage::create(&path, &common)?, Bitfield::new(pieces))
+        let existed = path.exists();
+        let storage = Storage::create(&path, &common)?;
+        let have = match (&manifest, existed) {
+            // Resume: keep every piece already on disk that verifies.
+            (Some(m), true) => {
+                let have = storage.verified_pieces(m)?;
+                if have.count() > 0 {
+                    tracing::warn!(
+                        "resuming: {} of {pieces} pieces already on disk verified",
+                        have.count()
+                    );
+                }
+                have
+            }
+            _ => Bitfield::new(pieces),
+        };
+        (storage, have)
     };
     let storage = Arc::new(storage);
     let log = EventLog::open(&opts.dir, me).map_err(|source| PeerError::Log {
@@ -162,6 +250,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         tx,
         rx,
         Box::new(connector),
+        manifest.map(Arc::new),
     );
     match swarm.run().await {
         Outcome::AllComplete => Ok(()),
@@ -202,15 +291,7 @@ async fn accept_loop(
             };
             match connection::handshake_as_acceptor(&mut stream, me, ours, timeout, allowed).await {
                 Ok((peer, extensions)) => {
-                    let link = connection::start(stream, peer, codec, tx.clone());
-                    let _ = tx
-                        .send(SwarmEvent::Connected {
-                            peer,
-                            link,
-                            extensions,
-                            initiated: false,
-                        })
-                        .await;
+                    connection::start(stream, peer, extensions, false, codec, tx);
                 }
                 Err(e) => tracing::error!("rejected connection from {addr}: {e}"),
             }
@@ -247,15 +328,7 @@ async fn connect_to(
                 .await
                 {
                     Ok(extensions) => {
-                        let link = connection::start(stream, peer, codec, tx.clone());
-                        let _ = tx
-                            .send(SwarmEvent::Connected {
-                                peer,
-                                link,
-                                extensions,
-                                initiated: true,
-                            })
-                            .await;
+                        connection::start(stream, peer, extensions, true, codec, tx);
                         return;
                     }
                     Err(HandshakeFailure::ClosedEarly) if !advertise.is_none() => {

@@ -95,8 +95,12 @@ impl Storage {
             .truncate(false)
             .open(path)
             .map_err(io("cannot open for writing"))?;
-        file.set_len(common.file_size)
-            .map_err(io("cannot size the file"))?;
+        let existing = file.metadata().map_err(io("cannot stat"))?.len();
+        if existing != common.file_size {
+            file.set_len(common.file_size)
+                .map_err(io("cannot size the file"))?;
+        }
+        preallocate(&file, common.file_size).map_err(io("cannot reserve disk space"))?;
         Ok(Storage {
             file,
             path: path.to_path_buf(),
@@ -131,6 +135,31 @@ impl Storage {
             })
     }
 
+    /// Pieces of the file on disk whose hash matches the manifest: what a restarted
+    /// peer keeps. A piece torn by a crash mid-write fails its hash and is fetched again.
+    pub fn verified_pieces(
+        &self,
+        manifest: &crate::manifest::Manifest,
+    ) -> Result<crate::bitfield::Bitfield, StorageError> {
+        let n = self.common.num_pieces();
+        let mut have = crate::bitfield::Bitfield::new(n);
+        for i in 0..n {
+            if manifest.verify(i, &self.read_piece(i)?) {
+                have.set(i);
+            }
+        }
+        Ok(have)
+    }
+
+    /// BLAKE3 of the whole file, streamed.
+    pub fn file_hash(&self) -> Result<crate::manifest::Hash, StorageError> {
+        let mut h = blake3::Hasher::new();
+        for i in 0..self.common.num_pieces() {
+            h.update(&self.read_piece(i)?);
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
     pub fn sync(&self) -> Result<(), StorageError> {
         self.file.sync_data().map_err(|source| StorageError::Io {
             path: self.path.clone(),
@@ -138,6 +167,26 @@ impl Storage {
             source,
         })
     }
+}
+
+/// Reserves the file's blocks up front so a full disk is reported at start, naming the
+/// file, rather than as a failed write halfway through the download.
+fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: plain syscall on a valid, owned file descriptor.
+        let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+        // Filesystems without fallocate support (EOPNOTSUPP/EINVAL) fall back to sparse.
+        if r != 0 && r != libc::EOPNOTSUPP && r != libc::EINVAL {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+    }
+    let _ = (file, len);
+    Ok(())
 }
 
 #[cfg(test)]

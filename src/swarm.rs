@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::connection::Link;
 use crate::eventlog::{Event as Log, EventLog};
 use crate::handshake::Extensions;
+use crate::manifest::Manifest;
 use crate::message::Message;
 use crate::picker::{Picker, Strategy};
 use crate::storage::{Storage, StorageError};
@@ -50,8 +51,10 @@ pub enum SwarmEvent {
     PieceWritten {
         index: u32,
         from: u32,
-        result: Result<(), StorageError>,
+        result: Result<(), PieceError>,
     },
+    /// The whole-file check after the last piece.
+    FileChecked(Result<(), String>),
     PieceRead {
         peer: u32,
         conn: u64,
@@ -64,6 +67,17 @@ pub enum SwarmEvent {
         reason: String,
     },
 }
+
+/// Why a received piece was not stored.
+#[derive(Debug)]
+pub enum PieceError {
+    /// Its hash differs from the manifest's.
+    Corrupt,
+    Disk(StorageError),
+}
+
+/// A neighbour that sends this many corrupt pieces is dropped and not accepted again.
+pub const MAX_CORRUPT: u32 = 3;
 
 /// Tunables of the actor; `strict` = SPEC Part A to the letter.
 #[derive(Clone, Debug)]
@@ -100,6 +114,7 @@ struct Neighbour {
     /// Requests of theirs we are reading from disk.
     reading: u32,
     bytes_this_interval: u64,
+    corrupt: u32,
 }
 
 pub struct Swarm {
@@ -122,6 +137,11 @@ pub struct Swarm {
     /// Asks the peer to connect again to an earlier-listed peer that dropped.
     reconnect: Box<dyn Fn(u32) + Send>,
     last_progress: tokio::time::Instant,
+    manifest: Option<Arc<Manifest>>,
+    /// With a manifest: the finished file's digest was checked.
+    file_checked: bool,
+    /// Peers dropped for sending corrupt data; their new connections are refused.
+    banned: HashSet<u32>,
 }
 
 impl Swarm {
@@ -136,14 +156,18 @@ impl Swarm {
         events_tx: mpsc::Sender<SwarmEvent>,
         events: mpsc::Receiver<SwarmEvent>,
         reconnect: Box<dyn Fn(u32) + Send>,
+        manifest: Option<Arc<Manifest>>,
     ) -> Swarm {
         let strategy = if opts.strict {
             Strategy::Random
         } else {
             Strategy::RarestFirst
         };
+        let complete_at_start = have.is_complete();
         let mut known_complete = HashSet::new();
-        if have.is_complete() {
+        if complete_at_start {
+            // Complete at start: the seed's own pieces were verified (when there is a
+            // manifest) before we got here.
             known_complete.insert(me);
         }
         let mut picker = Picker::new(have, strategy);
@@ -178,6 +202,9 @@ impl Swarm {
             unreachable: Vec::new(),
             reconnect,
             last_progress: tokio::time::Instant::now(),
+            file_checked: manifest.is_none() || complete_at_start,
+            manifest,
+            banned: HashSet::new(),
         }
     }
 
@@ -219,6 +246,7 @@ impl Swarm {
 
     fn all_complete(&self) -> bool {
         self.picker.have().is_complete()
+            && self.file_checked
             && self
                 .config
                 .peers
@@ -323,8 +351,14 @@ impl Swarm {
                 self.writing.remove(&index);
                 match result {
                     Ok(()) => self.on_piece_stored(index, from),
-                    Err(e) => return Err(format!("disk error: {e}")),
+                    Err(PieceError::Disk(e)) => return Err(format!("disk error: {e}")),
+                    Err(PieceError::Corrupt) => self.on_corrupt(index, from),
                 }
+            }
+            SwarmEvent::FileChecked(result) => {
+                result.map_err(|e| format!("whole-file check failed: {e}"))?;
+                self.file_checked = true;
+                tracing::info!("whole file matches the manifest's digest");
             }
             SwarmEvent::PieceRead {
                 peer,
@@ -360,7 +394,37 @@ impl Swarm {
         Ok(())
     }
 
+    fn on_corrupt(&mut self, index: u32, from: u32) {
+        self.release(index);
+        let strikes = match self.neighbours.get_mut(&from) {
+            Some(n) => {
+                n.corrupt += 1;
+                n.corrupt
+            }
+            None => MAX_CORRUPT,
+        };
+        tracing::warn!(
+            "piece {index} from peer {from} does not match the manifest; discarded ({strikes} bad from it)"
+        );
+        if strikes >= MAX_CORRUPT {
+            tracing::error!(
+                "peer {from} sent {strikes} corrupt pieces: dropping it for the rest of the run"
+            );
+            self.banned.insert(from);
+            self.drop_neighbour(from);
+        } else {
+            let ids: Vec<u32> = self.neighbours.keys().copied().collect();
+            for id in ids {
+                self.fill_requests(id);
+            }
+        }
+    }
+
     fn on_connected(&mut self, peer: u32, link: Link, extensions: Extensions, initiated: bool) {
+        if self.banned.contains(&peer) {
+            tracing::warn!("refusing peer {peer}: it sent corrupt pieces earlier");
+            return;
+        }
         if self.neighbours.contains_key(&peer) {
             if self.opts.strict {
                 tracing::warn!("peer {peer} is already connected; closing the second connection");
@@ -396,6 +460,7 @@ impl Swarm {
                 outstanding: Vec::new(),
                 reading: 0,
                 bytes_this_interval: 0,
+                corrupt: 0,
             },
         );
     }
@@ -414,7 +479,8 @@ impl Swarm {
             }
             // We connect to peers listed before us (SPEC A2); later ones reconnect to us.
             let earlier = self.config.peers.position(peer) < self.config.peers.position(self.me);
-            if earlier && !self.all_complete() {
+            let needed = !self.known_complete.contains(&peer) || !self.picker.have().is_complete();
+            if earlier && needed {
                 (self.reconnect)(peer);
             }
         }
@@ -568,8 +634,14 @@ impl Swarm {
                     self.writing.insert(index);
                     let storage = self.storage.clone();
                     let tx = self.events_tx.clone();
+                    let manifest = self.manifest.clone();
                     tokio::task::spawn_blocking(move || {
-                        let result = storage.write_piece(index, &data);
+                        // Verify before writing: a bad copy never touches the file.
+                        let result = if manifest.is_some_and(|m| !m.verify(index, &data)) {
+                            Err(PieceError::Corrupt)
+                        } else {
+                            storage.write_piece(index, &data).map_err(PieceError::Disk)
+                        };
                         let _ = tx.blocking_send(SwarmEvent::PieceWritten {
                             index,
                             from: peer,
@@ -610,13 +682,33 @@ impl Swarm {
         if self.picker.have().is_complete() {
             self.log.write(&Log::Complete);
             self.known_complete.insert(self.me);
-            if let Err(e) = self.storage.sync() {
-                tracing::error!("{e}");
-            }
             tracing::info!(
                 "downloaded the complete file: {}",
                 self.storage.path().display()
             );
+            let storage = self.storage.clone();
+            let tx = self.events_tx.clone();
+            let expected = self.manifest.as_ref().map(|m| m.file_hash);
+            tokio::task::spawn_blocking(move || {
+                let result =
+                    storage
+                        .sync()
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| match expected {
+                            Some(want) => match storage.file_hash() {
+                                Ok(got) if got == want => Ok(()),
+                                Ok(got) => Err(format!(
+                                    "{}: BLAKE3 {} differs from the manifest's {}",
+                                    storage.path().display(),
+                                    crate::manifest::hex(&got),
+                                    crate::manifest::hex(&want)
+                                )),
+                                Err(e) => Err(e.to_string()),
+                            },
+                            None => Ok(()),
+                        });
+                let _ = tx.blocking_send(SwarmEvent::FileChecked(result));
+            });
         }
     }
 
