@@ -49,6 +49,10 @@ pub struct PeerArgs {
     #[arg(long, value_name = "HEX")]
     pub manifest_digest: Option<String>,
 
+    /// Cap on upload (piece data, all connections together), in bytes per second.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_limit: Option<u64>,
+
     /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -67,6 +71,7 @@ impl PeerArgs {
             give_up_after: Duration::from_secs(self.give_up_after),
             manifest: self.manifest.clone(),
             manifest_digest: self.manifest_digest.clone(),
+            upload_limit: self.upload_limit,
         }
     }
 }

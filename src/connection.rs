@@ -9,6 +9,7 @@
 
 use crate::handshake::{self, Extensions, Handshake};
 use crate::message::{Message, MessageCodec};
+use crate::ratelimit::RateLimiter;
 use crate::swarm::SwarmEvent;
 use bytes::BytesMut;
 use futures::StreamExt;
@@ -123,6 +124,7 @@ pub fn start(
     initiated: bool,
     codec: MessageCodec,
     events: mpsc::Sender<SwarmEvent>,
+    limiter: Option<Arc<RateLimiter>>,
 ) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
@@ -130,7 +132,7 @@ pub fn start(
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(AtomicU64::new(0));
-    tokio::spawn(write_loop(wr, rx, queued_bytes.clone()));
+    tokio::spawn(write_loop(wr, rx, queued_bytes.clone(), limiter));
     let link = Link {
         conn,
         tx,
@@ -197,6 +199,7 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Message>,
     queued_bytes: Arc<AtomicU64>,
+    limiter: Option<Arc<RateLimiter>>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
@@ -206,6 +209,9 @@ async fn write_loop(
         while let Some(msg) = next.take() {
             msg.encode_head(&mut buf);
             if let Message::Piece { data, .. } = &msg {
+                if let Some(l) = &limiter {
+                    l.acquire(data.len()).await;
+                }
                 if wr.write_all(&buf).await.is_err() || wr.write_all(data).await.is_err() {
                     return;
                 }

@@ -19,5 +19,6 @@ pub mod manifest;
 pub mod message;
 pub mod peer;
 pub mod picker;
+pub mod ratelimit;
 pub mod storage;
 pub mod swarm;

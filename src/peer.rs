@@ -9,6 +9,7 @@ use crate::eventlog::EventLog;
 use crate::handshake::Extensions;
 use crate::manifest::Manifest;
 use crate::message::MessageCodec;
+use crate::ratelimit::RateLimiter;
 use crate::storage::{Storage, StorageError};
 use crate::swarm::{Outcome, Swarm, SwarmEvent, SwarmOptions};
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub struct PeerOptions {
     pub manifest: Option<PathBuf>,
     /// BLAKE3 the manifest's bytes must have (pinned by the operator).
     pub manifest_digest: Option<String>,
+    /// Cap on piece bytes sent per second, all connections together.
+    pub upload_limit: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +195,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     };
     let codec = MessageCodec::new(common.piece_size, pieces);
     let (tx, rx) = mpsc::channel(1024);
+    let limiter = opts.upload_limit.map(|r| Arc::new(RateLimiter::new(r)));
 
     let later: Vec<u32> = config.peers.peers[my_pos + 1..]
         .iter()
@@ -205,6 +209,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         opts.handshake_timeout,
         codec.clone(),
         tx.clone(),
+        limiter.clone(),
     ));
     let connector = {
         let (peers, opts, codec, tx) = (
@@ -224,6 +229,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
                     opts.clone(),
                     codec.clone(),
                     tx.clone(),
+                    limiter.clone(),
                 ));
             }
         }
@@ -266,6 +272,7 @@ async fn accept_loop(
     timeout: Duration,
     codec: MessageCodec,
     tx: mpsc::Sender<SwarmEvent>,
+    limiter: Option<Arc<RateLimiter>>,
 ) {
     let later = Arc::new(later);
     loop {
@@ -281,6 +288,7 @@ async fn accept_loop(
         let later = later.clone();
         let codec = codec.clone();
         let tx = tx.clone();
+        let limiter = limiter.clone();
         tokio::spawn(async move {
             let allowed = |id: u32| {
                 if later.contains(&id) {
@@ -291,7 +299,7 @@ async fn accept_loop(
             };
             match connection::handshake_as_acceptor(&mut stream, me, ours, timeout, allowed).await {
                 Ok((peer, extensions)) => {
-                    connection::start(stream, peer, extensions, false, codec, tx);
+                    connection::start(stream, peer, extensions, false, codec, tx, limiter);
                 }
                 Err(e) => tracing::error!("rejected connection from {addr}: {e}"),
             }
@@ -311,6 +319,7 @@ async fn connect_to(
     opts: PeerOptions,
     codec: MessageCodec,
     tx: mpsc::Sender<SwarmEvent>,
+    limiter: Option<Arc<RateLimiter>>,
 ) {
     let deadline = tokio::time::Instant::now() + opts.connect_timeout;
     let mut advertise = ours;
@@ -328,7 +337,7 @@ async fn connect_to(
                 .await
                 {
                     Ok(extensions) => {
-                        connection::start(stream, peer, extensions, true, codec, tx);
+                        connection::start(stream, peer, extensions, true, codec, tx, limiter);
                         return;
                     }
                     Err(HandshakeFailure::ClosedEarly) if !advertise.is_none() => {
