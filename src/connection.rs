@@ -114,25 +114,25 @@ pub struct Link {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// What every connection of a peer shares: framing, the swarm's inbox, upload pacing.
+#[derive(Clone, Debug)]
+pub struct Wiring {
+    pub codec: MessageCodec,
+    pub events: mpsc::Sender<SwarmEvent>,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
 /// Starts the reader and writer tasks of an established connection. The reader
 /// announces the connection to the swarm before its first message, so the swarm
 /// never sees a message from a connection it does not know yet.
-pub fn start(
-    stream: TcpStream,
-    peer: u32,
-    extensions: Extensions,
-    initiated: bool,
-    codec: MessageCodec,
-    events: mpsc::Sender<SwarmEvent>,
-    limiter: Option<Arc<RateLimiter>>,
-) {
+pub fn start(stream: TcpStream, peer: u32, extensions: Extensions, initiated: bool, w: &Wiring) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     detect_dead_peers(&stream);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(AtomicU64::new(0));
-    tokio::spawn(write_loop(wr, rx, queued_bytes.clone(), limiter));
+    tokio::spawn(write_loop(wr, rx, queued_bytes.clone(), w.limiter.clone()));
     let link = Link {
         conn,
         tx,
@@ -144,7 +144,14 @@ pub fn start(
         extensions,
         initiated,
     };
-    tokio::spawn(read_loop(rd, peer, conn, codec, events, hello));
+    tokio::spawn(read_loop(
+        rd,
+        peer,
+        conn,
+        w.codec.clone(),
+        w.events.clone(),
+        hello,
+    ));
 }
 
 /// Part A has no keep-alive message and idle connections are normal (a peer waits for

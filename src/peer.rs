@@ -4,7 +4,7 @@
 
 use crate::bitfield::Bitfield;
 use crate::config::{Config, ConfigError};
-use crate::connection::{self, HandshakeFailure};
+use crate::connection::{self, HandshakeFailure, Wiring};
 use crate::eventlog::EventLog;
 use crate::handshake::Extensions;
 use crate::manifest::Manifest;
@@ -197,40 +197,28 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     let (tx, rx) = mpsc::channel(1024);
     let limiter = opts.upload_limit.map(|r| Arc::new(RateLimiter::new(r)));
 
+    let wiring = Wiring {
+        codec,
+        events: tx.clone(),
+        limiter,
+    };
     let later: Vec<u32> = config.peers.peers[my_pos + 1..]
         .iter()
         .map(|p| p.id)
         .collect();
-    tokio::spawn(accept_loop(
-        listener,
+    let local = Local {
         me,
-        later,
         ours,
-        opts.handshake_timeout,
-        codec.clone(),
-        tx.clone(),
-        limiter.clone(),
-    ));
+        handshake_timeout: opts.handshake_timeout,
+        connect_timeout: opts.connect_timeout,
+        wiring,
+    };
+    tokio::spawn(accept_loop(listener, later, local.clone()));
     let connector = {
-        let (peers, opts, codec, tx) = (
-            config.peers.clone(),
-            opts.clone(),
-            codec.clone(),
-            tx.clone(),
-        );
+        let (peers, local) = (config.peers.clone(), local.clone());
         move |id: u32| {
             if let Some(p) = peers.get(id) {
-                tokio::spawn(connect_to(
-                    me,
-                    p.id,
-                    p.host.clone(),
-                    p.port,
-                    ours,
-                    opts.clone(),
-                    codec.clone(),
-                    tx.clone(),
-                    limiter.clone(),
-                ));
+                tokio::spawn(connect_to(p.id, p.host.clone(), p.port, local.clone()));
             }
         }
     };
@@ -264,16 +252,17 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// This peer's side of every connection: who we are, what we advertise, time limits.
+#[derive(Clone, Debug)]
+struct Local {
     me: u32,
-    later: Vec<u32>,
     ours: Extensions,
-    timeout: Duration,
-    codec: MessageCodec,
-    tx: mpsc::Sender<SwarmEvent>,
-    limiter: Option<Arc<RateLimiter>>,
-) {
+    handshake_timeout: Duration,
+    connect_timeout: Duration,
+    wiring: Wiring,
+}
+
+async fn accept_loop(listener: TcpListener, later: Vec<u32>, local: Local) {
     let later = Arc::new(later);
     loop {
         let (mut stream, addr) = match listener.accept().await {
@@ -286,9 +275,7 @@ async fn accept_loop(
             }
         };
         let later = later.clone();
-        let codec = codec.clone();
-        let tx = tx.clone();
-        let limiter = limiter.clone();
+        let local = local.clone();
         tokio::spawn(async move {
             let allowed = |id: u32| {
                 if later.contains(&id) {
@@ -297,9 +284,17 @@ async fn accept_loop(
                     Err("a peer listed after us in PeerInfo.cfg".to_string())
                 }
             };
-            match connection::handshake_as_acceptor(&mut stream, me, ours, timeout, allowed).await {
+            let hs = connection::handshake_as_acceptor(
+                &mut stream,
+                local.me,
+                local.ours,
+                local.handshake_timeout,
+                allowed,
+            )
+            .await;
+            match hs {
                 Ok((peer, extensions)) => {
-                    connection::start(stream, peer, extensions, false, codec, tx, limiter);
+                    connection::start(stream, peer, extensions, false, &local.wiring);
                 }
                 Err(e) => tracing::error!("rejected connection from {addr}: {e}"),
             }
@@ -309,35 +304,24 @@ async fn accept_loop(
 
 /// Connects to an earlier peer, retrying while it is not up yet. Advertises our
 /// extensions; a peer that closes on seeing them is retried once with zero bytes.
-#[allow(clippy::too_many_arguments)]
-async fn connect_to(
-    me: u32,
-    peer: u32,
-    host: String,
-    port: u16,
-    ours: Extensions,
-    opts: PeerOptions,
-    codec: MessageCodec,
-    tx: mpsc::Sender<SwarmEvent>,
-    limiter: Option<Arc<RateLimiter>>,
-) {
-    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
-    let mut advertise = ours;
+async fn connect_to(peer: u32, host: String, port: u16, local: Local) {
+    let deadline = tokio::time::Instant::now() + local.connect_timeout;
+    let mut advertise = local.ours;
     let mut last_error = String::new();
     while tokio::time::Instant::now() < deadline {
         match TcpStream::connect((host.as_str(), port)).await {
             Ok(mut stream) => {
                 match connection::handshake_as_connector(
                     &mut stream,
-                    me,
+                    local.me,
                     peer,
                     advertise,
-                    opts.handshake_timeout,
+                    local.handshake_timeout,
                 )
                 .await
                 {
                     Ok(extensions) => {
-                        connection::start(stream, peer, extensions, true, codec, tx, limiter);
+                        connection::start(stream, peer, extensions, true, &local.wiring);
                         return;
                     }
                     Err(HandshakeFailure::ClosedEarly) if !advertise.is_none() => {
@@ -360,12 +344,14 @@ async fn connect_to(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = tx
+    let _ = local
+        .wiring
+        .events
         .send(SwarmEvent::ConnectFailed {
             peer,
             reason: format!(
                 "no connection to {host}:{port} within {:?} ({last_error})",
-                opts.connect_timeout
+                local.connect_timeout
             ),
         })
         .await;
