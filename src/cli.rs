@@ -30,9 +30,10 @@ pub struct PeerArgs {
     pub handshake_timeout: u64,
 
     /// Outstanding requests per connection with peers that negotiated pipelining
-    /// (ignored with --strict and towards plain peers, which get exactly one).
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub pipeline_depth: u16,
+    /// (ignored with --strict and towards plain peers, which get exactly one)
+    /// [default: enough pieces for 512 KiB in flight, 2 to 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub pipeline_depth: Option<u16>,
 
     /// Exit with an error after this many seconds without progress while the swarm
     /// cannot finish (a listed peer is gone, or a missing piece has no holder).
@@ -66,7 +67,7 @@ impl PeerArgs {
             strict: self.strict,
             connect_timeout: Duration::from_secs(self.connect_timeout),
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
-            pipeline_depth: self.pipeline_depth as usize,
+            pipeline_depth: self.pipeline_depth.map(usize::from),
             seed: self.seed,
             give_up_after: Duration::from_secs(self.give_up_after),
             manifest: self.manifest.clone(),

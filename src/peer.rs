@@ -29,7 +29,8 @@ pub struct PeerOptions {
     pub connect_timeout: Duration,
     /// How long a new connection may take to complete its handshake.
     pub handshake_timeout: Duration,
-    pub pipeline_depth: usize,
+    /// `None`: sized to keep about 512 KiB in flight per connection.
+    pub pipeline_depth: Option<usize>,
     /// Seed of the peer's RNG (piece and neighbour choice); random when `None`.
     pub seed: Option<u64>,
     /// Exit non-zero after this long without progress when the swarm cannot finish.
@@ -226,11 +227,16 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         connector(earlier.id);
     }
 
+    // Deep enough to cover the bandwidth-delay product, shallow enough that a
+    // neighbour's upload queue does not delay the last pieces (measured: 2 beats 4 and
+    // 8 at 256 KiB pieces behind 20 mbit caps, see bench/RESULTS.md).
+    let depth = opts
+        .pipeline_depth
+        .unwrap_or_else(|| ((512 * 1024) / common.piece_size as usize).clamp(2, 64));
     let swarm_opts = SwarmOptions {
         strict: opts.strict,
-        pipeline_depth: opts.pipeline_depth,
-        max_queued_bytes: (common.piece_size as u64 * (opts.pipeline_depth as u64 + 2))
-            .max(4 << 20),
+        pipeline_depth: depth,
+        max_queued_bytes: (common.piece_size as u64 * (depth as u64 + 2)).max(4 << 20),
         seed: opts.seed.unwrap_or_else(rand::random),
         give_up_after: opts.give_up_after,
     };

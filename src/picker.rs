@@ -25,6 +25,8 @@ pub struct Picker {
     availability: Vec<u32>,
     strategy: Strategy,
     partition: Option<(u32, u32)>,
+    /// Shares whose owner is visibly making progress: not taken from a seeder.
+    busy_slots: Vec<bool>,
 }
 
 impl Picker {
@@ -36,6 +38,7 @@ impl Picker {
             availability: vec![0; n as usize],
             strategy,
             partition: None,
+            busy_slots: Vec::new(),
         }
     }
 
@@ -44,6 +47,13 @@ impl Picker {
         if of > 1 && slot < of {
             self.partition = Some((slot, of));
         }
+    }
+
+    /// Marks which downloaders' shares are being fetched by their owners right now;
+    /// from a seeder we then leave those shares alone and fetch them from the owner
+    /// once it has them.
+    pub fn set_busy_slots(&mut self, busy: Vec<bool>) {
+        self.busy_slots = busy;
     }
 
     /// Rarity key: lower is picked first.
@@ -97,6 +107,36 @@ impl Picker {
                     }
                 }
                 None
+            }
+            Strategy::RarestFirst if theirs.is_complete() && self.partition.is_some() => {
+                // Asking a peer that has everything (a seeder): take our own share in
+                // ascending order and others' shares in descending order, so that when
+                // we help with another downloader's share we meet it at its end, not
+                // at the piece it is fetching right now. Duplicates from a seeder cost
+                // the swarm's scarcest upload.
+                let last = n - 1;
+                let mut best: Option<((u32, bool, u32), u32)> = None;
+                for b in 0..bytes {
+                    let mut m = candidates(b);
+                    while m != 0 {
+                        let bit = m.leading_zeros();
+                        m &= !(0x80 >> bit);
+                        let i = b as u32 * 8 + bit;
+                        let (avail, foreign) = self.key(i);
+                        if foreign
+                            && self.partition.is_some_and(|(_, of)| {
+                                self.busy_slots.get((i % of) as usize) == Some(&true)
+                            })
+                        {
+                            continue;
+                        }
+                        let key = (avail, foreign, if foreign { last - i } else { i });
+                        if best.is_none_or(|(k, _)| key < k) {
+                            best = Some((key, i));
+                        }
+                    }
+                }
+                best.map(|(_, i)| i)
             }
             Strategy::RarestFirst => {
                 let mut best: Option<((u32, bool), u32)> = None; // (key, index)
@@ -288,6 +328,31 @@ mod tests {
         q.add_peer(&Bitfield::full(8));
         q.add_peer(&bf(8, &[0, 2, 4, 6]));
         assert_eq!(q.pick(&Bitfield::full(8), &mut rng).map(|i| i % 2), Some(1));
+    }
+
+    #[test]
+    fn from_a_seeder_own_share_ascends_and_others_descend() {
+        let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
+        p.set_partition(0, 3);
+        p.add_peer(&Bitfield::full(12));
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut order = Vec::new();
+        while let Some(i) = p.pick(&Bitfield::full(12), &mut rng) {
+            p.mark_pending(i);
+            order.push(i);
+        }
+        assert_eq!(order, vec![0, 3, 6, 9, 11, 10, 8, 7, 5, 4, 2, 1]);
+        // Owner of share 1 is busy: its pieces are left to it.
+        let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
+        p.set_partition(0, 3);
+        p.set_busy_slots(vec![false, true, false]);
+        p.add_peer(&Bitfield::full(12));
+        let mut order = Vec::new();
+        while let Some(i) = p.pick(&Bitfield::full(12), &mut rng) {
+            p.mark_pending(i);
+            order.push(i);
+        }
+        assert_eq!(order, vec![0, 3, 6, 9, 11, 8, 5, 2]);
     }
 
     #[test]

@@ -115,6 +115,7 @@ struct Neighbour {
     reading: u32,
     bytes_this_interval: u64,
     corrupt: u32,
+    last_have: Option<tokio::time::Instant>,
 }
 
 pub struct Swarm {
@@ -142,6 +143,9 @@ pub struct Swarm {
     file_checked: bool,
     /// Peers dropped for sending corrupt data; their new connections are refused.
     banned: HashSet<u32>,
+    /// Downloaders (hasFile 0) in PeerInfo.cfg order: owners of the picker's shares
+    /// (empty in strict mode).
+    downloaders: Vec<u32>,
 }
 
 impl Swarm {
@@ -171,7 +175,7 @@ impl Swarm {
             known_complete.insert(me);
         }
         let mut picker = Picker::new(have, strategy);
-        if !opts.strict {
+        let downloaders = if !opts.strict {
             // Every peer knows the whole swarm from PeerInfo.cfg, so downloaders can
             // split the seeder's pieces among themselves without talking.
             let downloaders: Vec<u32> = config
@@ -184,7 +188,10 @@ impl Swarm {
             if let Some(slot) = downloaders.iter().position(|&id| id == me) {
                 picker.set_partition(slot as u32, downloaders.len() as u32);
             }
-        }
+            downloaders
+        } else {
+            Vec::new()
+        };
         Swarm {
             me,
             rng: StdRng::seed_from_u64(opts.seed),
@@ -205,6 +212,7 @@ impl Swarm {
             file_checked: manifest.is_none() || complete_at_start,
             manifest,
             banned: HashSet::new(),
+            downloaders,
         }
     }
 
@@ -237,6 +245,7 @@ impl Swarm {
                     if let Some(why) = self.stalled() {
                         break Outcome::Failed(why);
                     }
+                    self.update_busy_slots();
                 }
             }
         };
@@ -253,6 +262,29 @@ impl Swarm {
                 .peers
                 .iter()
                 .all(|p| self.known_complete.contains(&p.id))
+    }
+
+    /// Which downloaders (by share) announced a piece in the last few seconds.
+    fn update_busy_slots(&mut self) {
+        if self.downloaders.is_empty() {
+            return;
+        }
+        let recent = Duration::from_secs(3);
+        let busy = self
+            .downloaders
+            .iter()
+            .map(|id| {
+                self.neighbours.get(id).is_some_and(|n| {
+                    !n.bitfield.is_complete() && n.last_have.is_some_and(|t| t.elapsed() < recent)
+                })
+            })
+            .collect();
+        self.picker.set_busy_slots(busy);
+        // A share whose owner went quiet may now be fetched from a seeder.
+        let ids: Vec<u32> = self.neighbours.keys().copied().collect();
+        for id in ids {
+            self.fill_requests(id);
+        }
     }
 
     /// `Some(reason)` when nothing progressed for `give_up_after` and the swarm cannot
@@ -461,6 +493,7 @@ impl Swarm {
                 reading: 0,
                 bytes_this_interval: 0,
                 corrupt: 0,
+                last_have: None,
             },
         );
     }
@@ -531,6 +564,7 @@ impl Swarm {
                     piece: i,
                 });
                 let n = self.neighbour(peer)?;
+                n.last_have = Some(tokio::time::Instant::now());
                 if n.bitfield.set(i) {
                     let complete = n.bitfield.is_complete();
                     self.picker.peer_has(i);
@@ -754,7 +788,13 @@ impl Swarm {
         // connection is idle, so ask it for one of them too rather than wait on the
         // slowest neighbour. One extra copy per idle connection at most; duplicates
         // are dropped on arrival.
-        if !self.opts.strict && n.outstanding.is_empty() && self.picker.unrequested_missing() == 0 {
+        // Never from a peer listed with the file: its upload is the swarm's bottleneck.
+        let seeder = self.config.peers.get(peer).is_some_and(|p| p.has_file);
+        if !self.opts.strict
+            && !seeder
+            && n.outstanding.is_empty()
+            && self.picker.unrequested_missing() == 0
+        {
             let writing = &self.writing;
             if let Some(i) =
                 self.picker

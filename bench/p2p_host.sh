@@ -1,0 +1,76 @@
+#!/bin/bash
+# Runs one p2pshare peer as a swarm-bench host (called by swarm.sh's --seed-cmd /
+# --peer-cmd templates, inside the host's network namespace, cwd = the host's dir).
+#
+#   p2p_host.sh BIN I N IP PEERS PORT NAME SIZE DIR FILE K UNCHOKE OPTIMISTIC PIECE [peerProcess args...]
+#
+# Layout it makes in DIR (the harness's empty per-host dir, {dir}):
+#   DIR/Common.cfg, DIR/PeerInfo.cfg   identical on every host
+#   DIR/peer_<ID> -> .                 so peer_<ID>/<FileName> IS {out} = {dir}/{name}
+#   DIR/log_peer_<ID>.log              the SPEC A6 event log (kept in the run dir)
+# Peer IDs are 1000+I; PeerInfo.cfg lists hosts 0..N in index order (host 0 = the
+# seeder, hasFile 1), addresses derived from this host's IP and index (swarm-bench
+# numbers hosts consecutively: 10.77.0.(10+I)) and cross-checked against {peers}.
+# The downloaders exec peerProcess.  The seeder runs it as a child and, when it exits 0
+# (every peer has the file), sleeps instead of exiting, so the harness never sees a
+# "seed-exited" race with its own completion poll; a non-zero exit is passed on.
+set -u
+export NO_COLOR=1   # plain tracing output in the harness logs
+if [ $# -lt 14 ]; then
+  echo "usage: $0 BIN I N IP PEERS PORT NAME SIZE DIR FILE K UNCHOKE OPTIMISTIC PIECE [peer args...]" >&2
+  exit 64
+fi
+bin=$1 i=$2 n=$3 ip=$4 peers=$5 port=$6 name=$7 size=$8 dir=$9 file=${10}
+k=${11} unchoke=${12} optimistic=${13} piece=${14}
+shift 14
+
+die() { echo "p2p_host[$i]: $*" >&2; exit 70; }
+
+cd "$dir" || die "cannot cd to $dir"
+id=$((1000 + i))
+prefix=${ip%.*}
+last=${ip##*.}
+base=$((last - i))
+
+# Every host of the swarm, in index order; check it against the harness's {peers}.
+others=()
+info=""
+for ((j = 0; j <= n; j++)); do
+  h="$prefix.$((base + j))"
+  [ "$j" -ne "$i" ] && others+=("$h")
+  info+="$((1000 + j)) $h $port $([ "$j" -eq 0 ] && echo 1 || echo 0)"$'\n'
+done
+want=$(printf '%s\n' "${others[@]}" | sort)
+got=$(tr ',' '\n' <<<"$peers" | sed '/^$/d' | sort)
+[ "$want" = "$got" ] || die "derived host list ($(echo $want)) differs from {peers} ($peers)"
+
+cat >Common.cfg <<EOF
+NumberOfPreferredNeighbors $k
+UnchokingInterval $unchoke
+OptimisticUnchokingInterval $optimistic
+FileName $name
+FileSize $size
+PieceSize $piece
+EOF
+printf '%s' "$info" >PeerInfo.cfg
+ln -sfn . "peer_$id"
+# Every host hashes the seeder's payload into the same manifest, so pieces are
+# verified (BLAKE3) as they arrive -- the fair comparison with BitTorrent's SHA-1.
+# P2P_NO_MANIFEST=1 skips it.
+if [ -z "${P2P_NO_MANIFEST:-}" ]; then
+  "$(dirname "$bin")/p2pshare" manifest --dir "$dir" "$file" >/dev/null || die "manifest failed"
+fi
+
+if [ "$i" -eq 0 ]; then
+  # The harness copied the payload to {file} = {dir}/{name} already; be safe anyway.
+  if [ ! -e "$dir/$name" ]; then
+    ln -s "$file" "$dir/$name" || die "cannot link $file"
+  fi
+  echo "p2p_host[0]: seeder $id $ip:$port k=$k unchoke=$unchoke optimistic=$optimistic piece=$piece args: $*" >&2
+  "$bin" "$id" --dir "$dir" "$@"
+  rc=$?
+  echo "p2p_host[0]: peerProcess $id exited rc=$rc at $(date +%T.%N)" >&2
+  [ "$rc" -eq 0 ] && exec sleep infinity
+  exit "$rc"
+fi
+exec "$bin" "$id" --dir "$dir" "$@"

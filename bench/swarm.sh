@@ -1,0 +1,226 @@
+#!/bin/bash
+# p2pshare in ../shared/swarm-bench: 1 seeder + N downloaders in network namespaces,
+# every host behind an upload cap, timed against the Kumar-Ross bound and compared
+# with the aria2 / libtorrent presets.  See bench/README.md.
+set -u
+source "$(dirname "$0")/common.sh"
+
+usage() {
+  cat <<'EOF'
+usage: bench/swarm.sh [options]
+  --n "4 8 16"          swarm sizes (downloaders); default "4 8 16"
+  --runs K              runs per (client, N), clients interleaved; default 3
+  --size 64MiB          payload size (swarm-bench --size); default 64MiB
+  --rate 20mbit         upload cap of every host (swarm-bench up --rate); default 20mbit
+  --clients "..."       any of: p2pshare p2pshare-strict aria2 libtorrent http
+                        default "p2pshare p2pshare-strict aria2 libtorrent"
+  --k K                 NumberOfPreferredNeighbors; default N (every neighbour unchoked)
+  --unchoke S           UnchokingInterval seconds; default 1
+  --optimistic S        OptimisticUnchokingInterval seconds; default 2
+  --piece SIZE          PieceSize (and the torrent piece size when a power of 2); default 256KiB
+  --pipeline-depth N    passed to the p2pshare (non-strict) variant; default: p2pshare's own
+  --p2p-args "..."      more peerProcess arguments for both p2pshare variants
+  --tag SUFFIX          appended to the p2pshare labels (e.g. -pd16) to compare builds/options
+  --port P              peer port (default 7000)
+  --timeout S           per run (default: swarm-bench's max(120, 3*N*F/u_s))
+  --quiet-wait S        swarm-bench --quiet-wait (default 60)
+  --json FILE           JSON lines of this invocation (default /dev/shm/swarm-bench/p2pshare-<stamp>.jsonl)
+  --keep                keep payload copies in the run dirs
+  --force               tear down an existing swarm-bench testbed instead of refusing
+  --no-install          do not apt-get anything
+  --no-build            use target/release as it is (no cargo build)
+  -v                    per-peer progress every second
+EOF
+}
+
+NS_LIST="4 8 16" RUNS=3 SIZE=64MiB RATE=20mbit
+CLIENTS="p2pshare p2pshare-strict aria2 libtorrent"
+K="" UNCHOKE=1 OPTIMISTIC=2 PIECE=256KiB PDEPTH="" P2P_ARGS="" TAG="" PORT=7000
+TIMEOUT="" QUIET_WAIT="" JSON="" KEEP="" FORCE="" NO_INSTALL="" VERBOSE=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --n) NS_LIST=$2; shift ;;
+    --runs) RUNS=$2; shift ;;
+    --size) SIZE=$2; shift ;;
+    --rate) RATE=$2; shift ;;
+    --clients) CLIENTS=$2; shift ;;
+    --k) K=$2; shift ;;
+    --unchoke) UNCHOKE=$2; shift ;;
+    --optimistic) OPTIMISTIC=$2; shift ;;
+    --piece) PIECE=$2; shift ;;
+    --pipeline-depth) PDEPTH=$2; shift ;;
+    --p2p-args) P2P_ARGS=$2; shift ;;
+    --tag) TAG=$2; shift ;;
+    --port) PORT=$2; shift ;;
+    --timeout) TIMEOUT=$2; shift ;;
+    --quiet-wait) QUIET_WAIT=$2; shift ;;
+    --json) JSON=$2; shift ;;
+    --keep) KEEP=1 ;;
+    --force) FORCE=1 ;;
+    --no-install) NO_INSTALL=1 ;;
+    --no-build) NO_BUILD=1 ;;
+    -v) VERBOSE=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option $1" >&2; usage >&2; exit 64 ;;
+  esac
+  shift
+done
+
+need_root
+for c in $CLIENTS; do
+  case $c in p2pshare|p2pshare-strict|aria2|libtorrent|http) ;;
+    *) echo "unknown client $c" >&2; exit 64 ;; esac
+done
+PIECE_B=$(parse_bytes "$PIECE") || exit 64
+SB_DIR="$REPO_DIR/../shared/swarm-bench"
+[ -x "$SB_DIR/swarm-bench" ] || { echo "no swarm-bench at $SB_DIR" >&2; exit 1; }
+SB_DIR=$(cd "$SB_DIR" && pwd)
+SB="$SB_DIR/swarm-bench"
+STATE=${SWARM_BENCH_DIR:-/dev/shm/swarm-bench}
+STAMP=$(date +%Y%m%d-%H%M%S)
+JSON=${JSON:-$STATE/p2pshare-$STAMP.jsonl}
+
+if ip netns list 2>/dev/null | grep -Eq '^(sbbr|sb[0-9]+)( |$)'; then
+  if [ -z "$FORCE" ]; then
+    echo "a swarm-bench testbed exists already (someone else's run?); stop it or pass --force" >&2
+    "$SB" status >&2
+    exit 1
+  fi
+fi
+if [ -z "$NO_INSTALL" ]; then
+  install_pkgs ip:iproute2 ping:iputils-ping opentracker:opentracker mktorrent:mktorrent \
+    aria2c:aria2 curl:curl
+  $PY -c 'import libtorrent' 2>/dev/null || install_pkgs /nonexistent:python3-libtorrent
+fi
+BIN_DIR="$STATE/p2pshare-bin-$STAMP"
+build_p2pshare "$BIN_DIR"
+
+# torrent piece size = PieceSize when it is a power of two (swarm-bench default 2^18)
+PIECE_LOG2=18
+for ((e = 14; e <= 24; e++)); do [ $((1 << e)) -eq "$PIECE_B" ] && PIECE_LOG2=$e; done
+
+UP=""
+cleanup() { [ -n "$UP" ] && "$SB" down >&2; UP=""; }
+trap 'cleanup; rm -rf "$BIN_DIR"' EXIT
+trap 'echo "interrupted" >&2; exit 130' INT TERM
+
+mkdir -p "$(dirname "$JSON")"
+echo "== results (JSON lines): $JSON" >&2
+common_run=(--size "$SIZE" --json "$JSON")
+[ -n "$TIMEOUT" ] && common_run+=(--timeout "$TIMEOUT")
+[ -n "$QUIET_WAIT" ] && common_run+=(--quiet-wait "$QUIET_WAIT")
+[ -n "$KEEP" ] && common_run+=(--keep)
+[ -n "$VERBOSE" ] && common_run+=(-v)
+
+run_client() { # client N run
+  local c=$1 n=$2 k=${K:-$2} args label tmpl
+  case $c in
+    p2pshare|p2pshare-strict)
+      args=$P2P_ARGS
+      if [ "$c" = p2pshare-strict ]; then args="--strict $args"
+      elif [ -n "$PDEPTH" ]; then args="--pipeline-depth $PDEPTH $args"; fi
+      label="$c$TAG"
+      # Only harness placeholders may be in braces (the template goes through str.format).
+      tmpl="exec $BENCH_DIR/p2p_host.sh $P2P_BIN {i} {n} {ip} {peers} {port} {name} {size} {dir} {file}"
+      tmpl+=" $k $UNCHOKE $OPTIMISTIC $PIECE_B $args"
+      "$SB" run --clients custom --label "$label" --port "$PORT" --seed-ready 'port:{port}' \
+        --seed-cmd "$tmpl" --peer-cmd "$tmpl" "${common_run[@]}"
+      ;;
+    *)
+      "$SB" run --clients "$c" --piece-log2 "$PIECE_LOG2" "${common_run[@]}"
+      ;;
+  esac
+}
+
+FAILS=0
+for n in $NS_LIST; do
+  echo "== N=$n: swarm-bench up $n --rate $RATE" >&2
+  "$SB" up "$n" --rate "$RATE" || { echo "swarm-bench up failed" >&2; exit 1; }
+  UP=1
+  for ((r = 1; r <= RUNS; r++)); do
+    for c in $CLIENTS; do
+      echo "-- N=$n run $r/$RUNS: $c (k=${K:-$n} unchoke=$UNCHOKE optimistic=$OPTIMISTIC piece=$PIECE_B)" >&2
+      run_client "$c" "$n" || FAILS=$((FAILS + 1))
+    done
+  done
+  cleanup
+done
+
+echo
+echo "== swarm-bench report $JSON"
+"$SB" report "$JSON"
+echo
+echo "== p2pshare $P2P_VERSION vs presets: median ratio = measured/T_min (seed_up = seeder bytes sent, in file copies)"
+$PY - "$JSON" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+groups = {}
+for r in rows:
+    groups.setdefault((r["n"], r["clients"]), []).append(r)
+clients = []
+for r in rows:
+    if r["clients"] not in clients:
+        clients.append(r["clients"])
+ns = sorted({r["n"] for r in rows})
+def med(rs, key):
+    v = [r[key] for r in rs if r["status"] == "ok"]
+    return statistics.median(v) if v else None
+print(f"{'clients':<22} {'N':>3} {'ok':>5} {'median_s':>9} {'ratio_med':>9} {'seed_up':>8} {'vs_aria2':>8} {'cpu_sw':>6} {'noisy':>5}")
+for n in ns:
+    base = med(groups.get((n, "aria2"), []), "measured_s")
+    for c in clients:
+        rs = groups.get((n, c))
+        if not rs:
+            continue
+        ok = [r for r in rs if r["status"] == "ok"]
+        m = med(rs, "measured_s")
+        if m is None:
+            print(f"{c:<22} {n:>3} {len(ok):>2}/{len(rs):<2} failed: " + ",".join(sorted({r['status'] for r in rs})))
+            continue
+        vs = f"{m / base:.3f}" if base else "-"
+        noisy = sum(1 for r in ok if (r.get("cpu_other_cores") or 0) > 0.25)
+        print(f"{c:<22} {n:>3} {len(ok):>2}/{len(rs):<2} {m:>9.2f} {med(rs, 'ratio'):>9.3f} "
+              f"{med(rs, 'seed_tx_copies'):>7.2f}F {vs:>8} {med(rs, 'cpu_swarm_cores'):>6.2f} {noisy:>5}")
+print()
+w = max(16, *(len(c) + 2 for c in clients))
+print(f"{'N':>3} " + " ".join(f"{c:>{w}}" for c in clients) + "   (median ratio, seed_up)")
+for n in ns:
+    cells = []
+    for c in clients:
+        rs = groups.get((n, c), [])
+        r_, s_ = med(rs, "ratio"), med(rs, "seed_tx_copies")
+        cells.append(f"{r_:.3f} ({s_:.2f}F)" if r_ is not None else ("failed" if rs else "-"))
+    print(f"{n:>3} " + " ".join(f"{x:>{w}}" for x in cells))
+# p2pshare runs: which downloaders ever told the seeder 'interested' (one that never did
+# got no piece from it), and ERROR lines in the peers' stderr (logs/h<I>-*.log)
+import glob, os, re
+diag = []
+for r in rows:
+    if not r["clients"].startswith("p2pshare"):
+        continue
+    seedlog = os.path.join(r["rundir"], "h0", "log_peer_1000.log")
+    try:
+        txt = open(seedlog, errors="replace").read()
+    except FileNotFoundError:
+        continue
+    asked = {int(x) for x in re.findall(r"received the 'interested' message from (\d+)", txt)}
+    never = [1000 + i for i in range(1, r["n"] + 1) if 1000 + i not in asked]
+    errs = sum(1 for fn in glob.glob(os.path.join(r["rundir"], "logs", "h*.log"))
+               for l in open(fn, errors="replace") if " ERROR " in l)
+    if never or errs:
+        diag.append(f"  {r['clients']} N={r['n']} run {r['run']}: never interested in the seeder: "
+                    f"{','.join(map(str, never)) or '-'}; ERROR lines: {errs}; {r['rundir']}")
+if diag:
+    print()
+    print("p2pshare diagnostics (downloaders that never sent 'interested' to the seeder got no piece from it):")
+    print("\n".join(diag))
+bad = [r for r in rows if r["status"] != "ok"]
+if bad:
+    print()
+    print("runs not ok (logs: <rundir>/logs/h<I>-peer.log = stderr, <rundir>/h<I>/log_peer_<ID>.log = event log):")
+    for r in bad:
+        print(f"  {r['clients']} N={r['n']} run {r['run']}: {r['status']} done={r['completed']}/{r['n']} "
+              f"failed={r['failed']} {r['rundir']}")
+EOF
+[ "$FAILS" -gt 0 ] && { echo "$FAILS swarm-bench run command(s) reported a run that was not ok" >&2; exit 2; }
+exit 0
