@@ -19,19 +19,23 @@ use p2pshare::handshake::{self, Handshake};
 use p2pshare::message::{DecodeError, Message, MessageCodec};
 use tokio_util::codec::{Decoder, Encoder};
 
+/// A check: panics if `data` breaks an invariant of the parser under test.
+pub type Check = fn(data: &[u8]);
+
 /// Every target: its name (= `fuzz_targets/<name>.rs` and `corpus/<name>/`) and check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("frame", frame),
     ("handshake", handshake),
     ("bitfield", bitfield),
     ("config", config),
+    ("manifest", manifest),
 ];
 
 // ---------------------------------------------------------------------------- frame
 
-/// `(piece_size, pieces)` swarms the codec is run with: a tiny one where even the
-/// fixed-size messages hit the limit, one where the bitfield is the largest legal
-/// message, and the SPEC A1 example.
+/// `(piece_size, pieces)` swarms the codec is run with: a tiny one (largest legal body
+/// 6 bytes: a piece of one byte), one where the bitfield is the largest legal message,
+/// and the SPEC A1 example.
 const SWARMS: &[(u32, u32)] = &[(1, 1), (4, 1000), (16384, 133)];
 
 /// What decoding a byte stream produced: the messages, then how it stopped.
@@ -63,7 +67,10 @@ pub fn frame(data: &[u8]) {
 fn decode_whole(data: &[u8], piece_size: u32, pieces: u32) -> Decoded {
     let mut codec = MessageCodec::new(piece_size, pieces);
     let max_body = codec.max_body();
-    assert!(max_body >= 5, "a have/request must always fit (max {max_body})");
+    assert!(
+        max_body >= 5,
+        "a have/request must always fit (max {max_body})"
+    );
     let mut buf = BytesMut::from(data);
     let mut offset = 0;
     let mut messages = Vec::new();
@@ -75,7 +82,10 @@ fn decode_whole(data: &[u8], piece_size: u32, pieces: u32) -> Decoded {
                 let wire = &data[offset..offset + consumed];
                 offset += consumed;
                 assert_eq!(consumed, 4 + msg.body_len(), "{msg:?} consumed {consumed}");
-                assert!(msg.body_len() as u64 <= max_body as u64, "{msg:?} > {max_body}");
+                assert!(
+                    msg.body_len() as u64 <= max_body as u64,
+                    "{msg:?} > {max_body}"
+                );
                 let mut again = BytesMut::new();
                 codec.encode(msg.clone(), &mut again).expect("encode");
                 assert_eq!(&again[..], wire, "{msg:?} re-encodes differently");
@@ -216,17 +226,31 @@ fn check_bitfield(payload: &[u8], len: u32) {
         let right_len = payload.len() == Bitfield::byte_len(len);
         if right_len {
             let spare = payload.len() as u64 * 8 - len as u64;
-            assert!(spare > 0, "a right-length bitfield without spare bits refused");
+            assert!(
+                spare > 0,
+                "a right-length bitfield without spare bits refused"
+            );
             let mask = ((1u16 << spare) - 1) as u8;
-            assert_ne!(payload[payload.len() - 1] & mask, 0, "refused without cause");
+            assert_ne!(
+                payload[payload.len() - 1] & mask,
+                0,
+                "refused without cause"
+            );
         }
         return;
     };
     assert_eq!(b.len(), len);
     assert_eq!(b.as_bytes(), payload);
     let set: Vec<u32> = b.iter_set().collect();
-    assert_eq!(b.count() as usize, set.len(), "count() != iter_set().count()");
-    assert!(set.windows(2).all(|w| w[0] < w[1]), "iter_set not ascending");
+    assert_eq!(
+        b.count() as usize,
+        set.len(),
+        "count() != iter_set().count()"
+    );
+    assert!(
+        set.windows(2).all(|w| w[0] < w[1]),
+        "iter_set not ascending"
+    );
     assert!(set.iter().all(|&i| i < len), "a bit >= len is set: {set:?}");
     assert!(set.iter().all(|&i| b.has(i)));
     assert!(!b.has(len), "has(len)");
@@ -286,11 +310,17 @@ fn check_peers(p: &Peers) {
         assert!(peer.id >= 1, "{peer:?}");
         assert!(peer.port >= 1, "{peer:?}");
         assert!(is_word(&peer.host), "{peer:?}");
-        assert_eq!(p.position(peer.id), Some(i), "peer id {} not unique", peer.id);
+        assert_eq!(
+            p.position(peer.id),
+            Some(i),
+            "peer id {} not unique",
+            peer.id
+        );
         assert_eq!(p.get(peer.id), Some(peer));
-        let same_endpoint = p.peers.iter().filter(|q| {
-            q.port == peer.port && q.host.eq_ignore_ascii_case(&peer.host)
-        });
+        let same_endpoint = p
+            .peers
+            .iter()
+            .filter(|q| q.port == peer.port && q.host.eq_ignore_ascii_case(&peer.host));
         assert_eq!(same_endpoint.count(), 1, "{peer:?} endpoint not unique");
     }
 }
@@ -299,7 +329,10 @@ fn check_config_error(e: &ConfigError, file: &str, line_count: usize) {
     assert_eq!(e.file, file);
     assert!(!e.reason.is_empty());
     if let Some(line) = e.line {
-        assert!(line >= 1 && line <= line_count, "line {line} of {line_count}: {e}");
+        assert!(
+            line >= 1 && line <= line_count,
+            "line {line} of {line_count}: {e}"
+        );
     }
     assert!(e.to_string().starts_with(file), "{e}");
 }
@@ -307,4 +340,31 @@ fn check_config_error(e: &ConfigError, file: &str, line_count: usize) {
 /// Non-empty with no whitespace: what one whitespace-separated field can be.
 fn is_word(s: &str) -> bool {
     !s.is_empty() && !s.chars().any(char::is_whitespace)
+}
+
+/// The manifest parser: any text either parses into a manifest whose piece count
+/// matches its sizes and which re-renders to text that parses to the same manifest,
+/// or is refused with an error naming the file and a line that exists (0 = the end).
+pub fn manifest(data: &[u8]) {
+    use p2pshare::manifest::Manifest;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Manifest::parse("m.p2pmanifest", text) {
+        Ok(m) => {
+            assert!(m.piece_size >= 1);
+            assert_eq!(
+                m.pieces.len() as u64,
+                m.size.div_ceil(m.piece_size as u64),
+                "piece count must match the sizes"
+            );
+            let again = Manifest::parse("m.p2pmanifest", &m.render())
+                .expect("a rendered manifest parses");
+            assert_eq!(again, m);
+        }
+        Err(e) => {
+            assert_eq!(e.file, "m.p2pmanifest");
+            assert!(e.line <= text.split('\n').count(), "line {} of {text:?}", e.line);
+        }
+    }
 }
