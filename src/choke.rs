@@ -133,6 +133,17 @@ impl Choker {
         d
     }
 
+    /// Default-mode shortcut: an interested neighbour takes a free preferred slot at
+    /// once instead of waiting up to an interval (A5's limit of k still holds).
+    pub fn take_free_slot(&mut self, id: u32, k: usize) -> Decision {
+        if self.is_unchoked(id) || self.preferred.len() >= k {
+            return Decision::default();
+        }
+        let mut picked = self.preferred.clone();
+        picked.insert(id);
+        self.apply_preferred(picked)
+    }
+
     /// Forgets a neighbour whose connection closed.
     pub fn remove(&mut self, id: u32) {
         self.preferred.remove(&id);
@@ -276,6 +287,18 @@ mod tests {
         assert_eq!(d.choke, vec![5]);
         assert_eq!(ch.optimistic(), None);
         ch.remove(5);
+    }
+
+    #[test]
+    fn free_slots_are_taken_at_once_but_never_beyond_k() {
+        let mut ch = Choker::default();
+        let d = ch.take_free_slot(1, 2);
+        assert_eq!(d.unchoke, vec![1]);
+        assert_eq!(d.preferred_changed, Some(vec![1]));
+        assert_eq!(ch.take_free_slot(1, 2), Decision::default());
+        assert_eq!(ch.take_free_slot(2, 2).unchoke, vec![2]);
+        assert_eq!(ch.take_free_slot(3, 2), Decision::default());
+        assert!(!ch.is_unchoked(3));
     }
 
     #[test]

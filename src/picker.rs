@@ -25,8 +25,10 @@ pub struct Picker {
     availability: Vec<u32>,
     strategy: Strategy,
     partition: Option<(u32, u32)>,
-    /// Shares whose owner is visibly making progress: not taken from a seeder.
-    busy_slots: Vec<bool>,
+    /// Per share: the lowest index of it we may take from a seeder. The owner fetches
+    /// its share in ascending order, so pieces far above its next few are safe to
+    /// take without racing it.
+    share_floor: Vec<u32>,
 }
 
 impl Picker {
@@ -38,7 +40,7 @@ impl Picker {
             availability: vec![0; n as usize],
             strategy,
             partition: None,
-            busy_slots: Vec::new(),
+            share_floor: Vec::new(),
         }
     }
 
@@ -49,11 +51,11 @@ impl Picker {
         }
     }
 
-    /// Marks which downloaders' shares are being fetched by their owners right now;
-    /// from a seeder we then leave those shares alone and fetch them from the owner
+    /// Sets, per share, the lowest piece index we may fetch from a seeder (missing
+    /// shares: no limit). Pieces below it are left to the owner and fetched from it
     /// once it has them.
-    pub fn set_busy_slots(&mut self, busy: Vec<bool>) {
-        self.busy_slots = busy;
+    pub fn set_share_floor(&mut self, floor: Vec<u32>) {
+        self.share_floor = floor;
     }
 
     /// Rarity key: lower is picked first.
@@ -108,36 +110,6 @@ impl Picker {
                 }
                 None
             }
-            Strategy::RarestFirst if theirs.is_complete() && self.partition.is_some() => {
-                // Asking a peer that has everything (a seeder): take our own share in
-                // ascending order and others' shares in descending order, so that when
-                // we help with another downloader's share we meet it at its end, not
-                // at the piece it is fetching right now. Duplicates from a seeder cost
-                // the swarm's scarcest upload.
-                let last = n - 1;
-                let mut best: Option<((u32, bool, u32), u32)> = None;
-                for b in 0..bytes {
-                    let mut m = candidates(b);
-                    while m != 0 {
-                        let bit = m.leading_zeros();
-                        m &= !(0x80 >> bit);
-                        let i = b as u32 * 8 + bit;
-                        let (avail, foreign) = self.key(i);
-                        if foreign
-                            && self.partition.is_some_and(|(_, of)| {
-                                self.busy_slots.get((i % of) as usize) == Some(&true)
-                            })
-                        {
-                            continue;
-                        }
-                        let key = (avail, foreign, if foreign { last - i } else { i });
-                        if best.is_none_or(|(k, _)| key < k) {
-                            best = Some((key, i));
-                        }
-                    }
-                }
-                best.map(|(_, i)| i)
-            }
             Strategy::RarestFirst => {
                 let mut best: Option<((u32, bool), u32)> = None; // (key, index)
                 let mut ties = 0u32;
@@ -172,6 +144,53 @@ impl Picker {
                 best.map(|(_, i)| i)
             }
         }
+    }
+
+    /// Choice when asking a peer listed with `hasFile 1` (default mode with shares);
+    /// falls back to [`Picker::pick`] without shares.
+    pub fn pick_from_seeder<R: Rng>(&self, theirs: &Bitfield, rng: &mut R) -> Option<u32> {
+        let n = self.have.len();
+        let bytes = theirs.as_bytes().len();
+        if self.partition.is_none() || self.strategy != Strategy::RarestFirst {
+            return self.pick(theirs, rng);
+        }
+        if bytes == 0 || theirs.len() != n {
+            return None;
+        }
+        let candidates = |b: usize| {
+            theirs.as_bytes()[b] & !self.have.as_bytes()[b] & !self.pending.as_bytes()[b]
+        };
+
+        // Asking a seeder: our own share first (the rarest of it first, then in
+        // ascending order), others' shares only then and in descending order, so that when
+        // we help with another downloader's share we meet it at its end, not
+        // at the piece it is fetching right now. Duplicates from a seeder cost
+        // the swarm's scarcest upload.
+        let last = n - 1;
+        let mut best: Option<((bool, u32, u32), u32)> = None;
+        for b in 0..bytes {
+            let mut m = candidates(b);
+            while m != 0 {
+                let bit = m.leading_zeros();
+                m &= !(0x80 >> bit);
+                let i = b as u32 * 8 + bit;
+                let (avail, foreign) = self.key(i);
+                if foreign
+                    && self.partition.is_some_and(|(_, of)| {
+                        self.share_floor
+                            .get((i % of) as usize)
+                            .is_some_and(|&f| i < f)
+                    })
+                {
+                    continue;
+                }
+                let key = (foreign, avail, if foreign { last - i } else { i });
+                if best.is_none_or(|(k, _)| key < k) {
+                    best = Some((key, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
     }
 
     /// Endgame: a piece `theirs` has that we lack and that is already requested from
@@ -337,22 +356,36 @@ mod tests {
         p.add_peer(&Bitfield::full(12));
         let mut rng = StdRng::seed_from_u64(9);
         let mut order = Vec::new();
-        while let Some(i) = p.pick(&Bitfield::full(12), &mut rng) {
+        while let Some(i) = p.pick_from_seeder(&Bitfield::full(12), &mut rng) {
             p.mark_pending(i);
             order.push(i);
         }
         assert_eq!(order, vec![0, 3, 6, 9, 11, 10, 8, 7, 5, 4, 2, 1]);
-        // Owner of share 1 is busy: its pieces are left to it.
+        // Share 1's owner is still working below piece 7: only 7 and 10 are ours to take.
         let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
         p.set_partition(0, 3);
-        p.set_busy_slots(vec![false, true, false]);
+        p.set_share_floor(vec![0, 7, 0]);
         p.add_peer(&Bitfield::full(12));
         let mut order = Vec::new();
-        while let Some(i) = p.pick(&Bitfield::full(12), &mut rng) {
+        while let Some(i) = p.pick_from_seeder(&Bitfield::full(12), &mut rng) {
             p.mark_pending(i);
             order.push(i);
         }
-        assert_eq!(order, vec![0, 3, 6, 9, 11, 8, 5, 2]);
+        assert_eq!(order, vec![0, 3, 6, 9, 11, 10, 8, 7, 5, 2]);
+        // A downloader that finished is not a seeder: its shares are all open to us
+        // (regression: treating it as one left share pieces unrequestable forever).
+        let mut q = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
+        q.set_partition(0, 3);
+        q.set_share_floor(vec![12, 12, 12]);
+        q.add_peer(&Bitfield::full(12));
+        let mut got = Vec::new();
+        while let Some(i) = q.pick(&Bitfield::full(12), &mut rng) {
+            q.mark_pending(i);
+            got.push(i);
+        }
+        got.sort();
+        assert_eq!(got, (0..12).collect::<Vec<_>>());
+        assert_eq!(q.pick_from_seeder(&Bitfield::full(12), &mut rng), None);
     }
 
     #[test]

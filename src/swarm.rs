@@ -245,7 +245,7 @@ impl Swarm {
                     if let Some(why) = self.stalled() {
                         break Outcome::Failed(why);
                     }
-                    self.update_busy_slots();
+                    self.update_share_floors();
                 }
             }
         };
@@ -264,22 +264,30 @@ impl Swarm {
                 .all(|p| self.known_complete.contains(&p.id))
     }
 
-    /// Which downloaders (by share) announced a piece in the last few seconds.
-    fn update_busy_slots(&mut self) {
-        if self.downloaders.is_empty() {
-            return;
-        }
+    /// For each downloader's share, whether we may fetch it from a seeder: only when
+    /// its owner is not visibly at work on it (not connected to us, or no `have` from
+    /// it for a few seconds -- a seeder that keeps it choked, say). An active owner
+    /// gets its share from the seeder at full speed anyway, since the seeder's upload
+    /// flows to whoever has requests, and helping it would send pieces twice (the
+    /// helpers cannot see each other's requests).
+    fn update_share_floors(&mut self) {
+        let n = self.pieces();
         let recent = Duration::from_secs(3);
-        let busy = self
+        let floors = self
             .downloaders
             .iter()
             .map(|id| {
-                self.neighbours.get(id).is_some_and(|n| {
-                    !n.bitfield.is_complete() && n.last_have.is_some_and(|t| t.elapsed() < recent)
-                })
+                let active = self.neighbours.get(id).is_some_and(|o| {
+                    !o.bitfield.is_complete() && o.last_have.is_some_and(|t| t.elapsed() < recent)
+                });
+                if active {
+                    n
+                } else {
+                    0
+                }
             })
             .collect();
-        self.picker.set_busy_slots(busy);
+        self.picker.set_share_floor(floors);
         // A share whose owner went quiet may now be fetched from a seeder.
         let ids: Vec<u32> = self.neighbours.keys().copied().collect();
         for id in ids {
@@ -579,6 +587,11 @@ impl Swarm {
             Message::Interested => {
                 self.log.write(&Log::ReceivedInterested(peer));
                 self.neighbour(peer)?.peer_interested = true;
+                if !self.opts.strict {
+                    let k = self.config.common.preferred_neighbors;
+                    let d = self.choker.take_free_slot(peer, k);
+                    self.apply(d);
+                }
             }
             Message::NotInterested => {
                 self.log.write(&Log::ReceivedNotInterested(peer));
@@ -765,6 +778,7 @@ impl Swarm {
 
     /// Issues requests to `peer` up to the connection's depth (1 unless negotiated).
     fn fill_requests(&mut self, peer: u32) {
+        let seeder = self.config.peers.get(peer).is_some_and(|p| p.has_file);
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return;
         };
@@ -777,7 +791,12 @@ impl Swarm {
             1
         };
         while n.outstanding.len() < depth {
-            let Some(i) = self.picker.pick(&n.bitfield, &mut self.rng) else {
+            let choice = if seeder {
+                self.picker.pick_from_seeder(&n.bitfield, &mut self.rng)
+            } else {
+                self.picker.pick(&n.bitfield, &mut self.rng)
+            };
+            let Some(i) = choice else {
                 break;
             };
             self.picker.mark_pending(i);
@@ -789,7 +808,6 @@ impl Swarm {
         // slowest neighbour. One extra copy per idle connection at most; duplicates
         // are dropped on arrival.
         // Never from a peer listed with the file: its upload is the swarm's bottleneck.
-        let seeder = self.config.peers.get(peer).is_some_and(|p| p.has_file);
         if !self.opts.strict
             && !seeder
             && n.outstanding.is_empty()
