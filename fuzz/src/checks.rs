@@ -358,13 +358,17 @@ pub fn manifest(data: &[u8]) {
                 m.size.div_ceil(m.piece_size as u64),
                 "piece count must match the sizes"
             );
-            let again = Manifest::parse("m.p2pmanifest", &m.render())
-                .expect("a rendered manifest parses");
+            let again =
+                Manifest::parse("m.p2pmanifest", &m.render()).expect("a rendered manifest parses");
             assert_eq!(again, m);
         }
         Err(e) => {
             assert_eq!(e.file, "m.p2pmanifest");
-            assert!(e.line <= text.split('\n').count(), "line {} of {text:?}", e.line);
+            assert!(
+                e.line <= text.split('\n').count(),
+                "line {} of {text:?}",
+                e.line
+            );
         }
     }
 }
