@@ -89,7 +89,14 @@ pub fn init_tracing() {
 
 /// Runs one peer on a fresh runtime; the exit status for the process.
 pub fn run_peer(args: &PeerArgs) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
+    bound_allocator_caches();
+    // Disk work is a few positional reads/writes at a time; a small blocking pool keeps
+    // per-thread allocator caches (and so resident memory) small.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -107,5 +114,19 @@ pub fn run_peer(args: &PeerArgs) -> std::process::ExitCode {
             rt.shutdown_timeout(Duration::from_secs(1));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Piece buffers are large, short-lived and freed on other threads than they were
+/// allocated on. glibc's defaults (one arena per thread, a mmap threshold that grows
+/// after each large free) then keep freed pieces resident: 100 MiB per peer was
+/// measured at 512 MiB on loopback. Fixed mmap threshold: a piece buffer goes back to
+/// the OS when freed; two arenas: little memory parked per thread.
+fn bound_allocator_caches() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
 }
