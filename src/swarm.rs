@@ -388,11 +388,18 @@ impl Swarm {
                 from,
                 result,
             } => {
+                let was_full = self.writing.len() >= self.max_writing();
                 self.writing.remove(&index);
                 match result {
                     Ok(()) => self.on_piece_stored(index, from),
                     Err(PieceError::Disk(e)) => return Err(format!("disk error: {e}")),
                     Err(PieceError::Corrupt) => self.on_corrupt(index, from),
+                }
+                if was_full {
+                    let ids: Vec<u32> = self.neighbours.keys().copied().collect();
+                    for id in ids {
+                        self.fill_requests(id);
+                    }
                 }
             }
             SwarmEvent::FileChecked(result) => {
@@ -671,6 +678,9 @@ impl Swarm {
                 n.bytes_this_interval += data.len() as u64;
                 if self.picker.have().has(index) || self.writing.contains(&index) {
                     tracing::debug!("peer {peer} sent piece {index}, which we already have");
+                } else if !was_requested && self.writing.len() >= self.max_writing() {
+                    // Unrequested data must not grow the disk queue without bound.
+                    tracing::debug!("dropping unrequested piece {index} from peer {peer}");
                 } else {
                     if !was_requested && self.picker.is_pending(index) {
                         // Requested from someone else after a choke; this copy wins and
@@ -779,6 +789,12 @@ impl Swarm {
     /// Issues requests to `peer` up to the connection's depth (1 unless negotiated).
     fn fill_requests(&mut self, peer: u32) {
         let seeder = self.config.peers.get(peer).is_some_and(|p| p.has_file);
+        // Back-pressure from the disk: a piece leaves `outstanding` when it arrives,
+        // not when it is stored, so without this bound a network faster than hashing
+        // and writing queues pieces in memory without limit.
+        if self.writing.len() >= self.max_writing() {
+            return;
+        }
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return;
         };
@@ -822,6 +838,12 @@ impl Swarm {
                 let _ = n.link.tx.send(Message::Request(i));
             }
         }
+    }
+
+    /// Pieces received and not yet stored that we allow before asking for more:
+    /// about 16 MiB, at least 4.
+    fn max_writing(&self) -> usize {
+        ((16 << 20) / self.config.common.piece_size as usize).max(4)
     }
 
     fn candidates(&self) -> Vec<Candidate> {
