@@ -118,15 +118,14 @@ pub fn run_peer(args: &PeerArgs) -> std::process::ExitCode {
 }
 
 /// Piece buffers are large, short-lived and freed on other threads than they were
-/// allocated on. glibc's defaults (one arena per thread, a mmap threshold that grows
-/// after each large free) then keep freed pieces resident: 100 MiB per peer was
-/// measured at 512 MiB on loopback. Fixed mmap threshold: a piece buffer goes back to
-/// the OS when freed; two arenas: little memory parked per thread.
+/// allocated on; with glibc's default of one arena per thread, each thread parks its
+/// own freed pieces. Two arenas keep that small. (A fixed, low mmap threshold also
+/// bounded RSS but cost a page fault per 4 KiB of every piece: kernel time dominated
+/// the loopback profile.)
 fn bound_allocator_caches() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
 }
