@@ -284,12 +284,13 @@ pub async fn run(args: LocalArgs) -> Result<bool> {
         pieces
     );
     let mut all_ok = !interrupted;
-    for (i, (p, _, _, _)) in running.iter().enumerate() {
+    for (i, (p, _, _, tail)) in running.iter().enumerate() {
         let copy = dir
             .join(format!("peer_{}", p.id))
             .join(&config.common.file_name);
         let verdict = match sha256_file(&copy) {
             Ok(h) if h == expected => "copy matches the seeder's".to_string(),
+            Ok(_) if interrupted => format!("incomplete: {}/{pieces} pieces", tail.pieces),
             Ok(_) => "copy DIFFERS from the seeder's".to_string(),
             Err(e) => format!("no copy: {e}"),
         };
@@ -307,6 +308,15 @@ pub async fn run(args: LocalArgs) -> Result<bool> {
         );
     }
     println!("sha256 {expected}");
+    if interrupted {
+        let manifest = crate::manifest::path_for(&dir, &config.common.file_name);
+        if manifest.exists() {
+            println!(
+                "run `p2pshare local {}` again to resume: verified pieces are kept",
+                dir.display()
+            );
+        }
+    }
     println!(
         "logs: {}/log_peer_<ID>.log (events), {}/stderr_peer_<ID>.log (diagnostics)",
         dir.display(),
