@@ -116,6 +116,7 @@ struct Neighbour {
     bytes_this_interval: u64,
     corrupt: u32,
     last_have: Option<tokio::time::Instant>,
+    last_heard: tokio::time::Instant,
 }
 
 pub struct Swarm {
@@ -366,8 +367,9 @@ impl Swarm {
                 initiated,
             } => self.on_connected(peer, link, extensions, initiated),
             SwarmEvent::Message { peer, conn, msg } => {
-                if self.neighbours.get(&peer).map(|n| n.link.conn) != Some(conn) {
-                    return Ok(()); // a connection we already dropped
+                match self.neighbours.get_mut(&peer) {
+                    Some(n) if n.link.conn == conn => n.last_heard = tokio::time::Instant::now(),
+                    _ => return Ok(()), // a connection we already dropped
                 }
                 if let Err(why) = self.on_message(peer, msg) {
                     tracing::warn!("closing connection to peer {peer}: {why}");
@@ -472,13 +474,19 @@ impl Swarm {
             tracing::warn!("refusing peer {peer}: it sent corrupt pieces earlier");
             return;
         }
-        if self.neighbours.contains_key(&peer) {
-            if self.opts.strict {
-                tracing::warn!("peer {peer} is already connected; closing the second connection");
+        if let Some(old) = self.neighbours.get(&peer) {
+            // SPEC A3 accepts only a peer "not yet connected". Default mode makes one
+            // exception: a peer whose old connection has been silent for a while is
+            // probably a restart after a crash we have not noticed yet (a host that
+            // died without closing its sockets), so the new connection replaces it.
+            let silent = old.last_heard.elapsed() >= Duration::from_secs(5);
+            if self.opts.strict || !silent {
+                tracing::warn!(
+                    "rejected a second connection from peer {peer}: it is already connected"
+                );
                 return; // dropping `link` closes it
             }
-            // A restarted peer reconnects before we noticed its old connection die.
-            tracing::warn!("peer {peer} connected again; replacing the old connection");
+            tracing::warn!("peer {peer} connected again; replacing its silent old connection");
             self.drop_neighbour(peer);
         }
         self.last_progress = tokio::time::Instant::now();
@@ -509,6 +517,7 @@ impl Swarm {
                 bytes_this_interval: 0,
                 corrupt: 0,
                 last_have: None,
+                last_heard: tokio::time::Instant::now(),
             },
         );
     }
