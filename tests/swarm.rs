@@ -1,0 +1,621 @@
+//! Whole swarms of real `peerProcess` processes on loopback: every copy identical,
+//! every process exits 0, every log line one of the 11 forms of SPEC A6 and the
+//! logs consistent with A2/A5; configuration errors refused at start; `p2pshare
+//! local` end to end.
+
+mod common;
+
+use common::*;
+use regex::Regex;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const STAGGER: Duration = Duration::from_millis(150);
+
+/// Runs a whole swarm started in file order and checks exits, copies and logs.
+fn run_swarm(spec: SwarmSpec, opts: impl Fn(usize) -> PeerOpts) -> Swarm {
+    let swarm = Swarm::create(spec);
+    let started = Instant::now();
+    let mut procs = swarm.spawn_all(STAGGER, opts);
+    swarm.wait_all_success(&mut procs, SWARM_DEADLINE);
+    eprintln!(
+        "{} peers, {} pieces: finished in {:.1} s",
+        swarm.peers.len(),
+        swarm.num_pieces(),
+        started.elapsed().as_secs_f64()
+    );
+    swarm.check_copies();
+    let logs = swarm.validate_logs(&LogCheck::default());
+    let count = |f: &dyn Fn(&Ev) -> bool| -> usize {
+        logs.values()
+            .map(|l| l.iter().filter(|x| f(&x.ev)).count())
+            .sum()
+    };
+    eprintln!(
+        "log lines: {} preferred, {} optimistic, {} unchoked, {} choked",
+        count(&|e| matches!(e, Ev::Preferred(_))),
+        count(&|e| matches!(e, Ev::Optimistic(_))),
+        count(&|e| matches!(e, Ev::UnchokedBy(_))),
+        count(&|e| matches!(e, Ev::ChokedBy(_))),
+    );
+    // The run is long enough for choking to change: otherwise the A5.3 checks above
+    // had nothing to check.
+    assert!(
+        count(&|e| matches!(e, Ev::ChokedBy(_))) > 0 && count(&|e| matches!(e, Ev::Optimistic(_))) > 0,
+        "no choke or no optimistic unchoke in the whole swarm: the run was too short to exercise A5.3"
+    );
+    swarm
+}
+
+/// Each peer's upload cap (bytes/s): keeps a ~3 MB swarm running a few seconds, so
+/// that several unchoking and optimistic intervals pass and choking changes happen.
+const UPLOAD_LIMIT: &str = "1000000";
+
+fn limited(opts: PeerOpts) -> PeerOpts {
+    let mut opts = opts;
+    opts.extra
+        .extend(["--upload-limit".to_string(), UPLOAD_LIMIT.to_string()]);
+    opts
+}
+
+/// ~3 MB, not a multiple of the 16384-byte pieces; 6 peers, two seeders.
+fn six_peer_spec(seeders: Vec<usize>) -> SwarmSpec {
+    SwarmSpec {
+        peers: 6,
+        seeders,
+        file_size: 3_000_000 + 1_234,
+        piece_size: 16_384,
+        k: 2,
+        unchoking_interval: 1,
+        optimistic_interval: 2,
+        ..SwarmSpec::default()
+    }
+}
+
+#[test]
+fn six_peers_two_seeders_default_mode() {
+    let spec = six_peer_spec(vec![0, 3]);
+    assert_ne!(spec.file_size % spec.piece_size as usize, 0);
+    run_swarm(spec, |_| limited(PeerOpts::default()));
+}
+
+#[test]
+fn six_peers_two_seeders_strict_mode() {
+    let spec = SwarmSpec {
+        host: "127.0.0.1".into(),
+        optimistic_interval: 1,
+        ..six_peer_spec(vec![1, 4])
+    };
+    run_swarm(spec, |_| limited(PeerOpts::strict(true)));
+}
+
+/// Strict and default peers alternate (so some connections negotiate pipelining and
+/// some are plain); the two binaries and `--dir` alternate too; IDs are not
+/// consecutive.
+#[test]
+fn six_peers_two_seeders_mixed_strict_and_default() {
+    let spec = SwarmSpec {
+        first_id: 7,
+        id_step: 5,
+        ..six_peer_spec(vec![0, 5])
+    };
+    run_swarm(spec, |i| {
+        limited(PeerOpts {
+            strict: i % 2 == 1,
+            via_p2pshare: i % 3 == 2,
+            dir_flag: i % 2 == 0,
+            ..PeerOpts::default()
+        })
+    });
+}
+
+/// The second peer starts ~2 s after the others, so the later peers have to keep
+/// retrying it; the config files have CRLF line ends, blank lines and trailing
+/// spaces (SPEC A1 says to accept them).
+#[test]
+fn late_peer_still_completes() {
+    let swarm = Swarm::create(SwarmSpec {
+        peers: 5,
+        seeders: vec![0],
+        file_size: 1_000_000 + 77,
+        piece_size: 8_192,
+        messy_files: true,
+        ..SwarmSpec::default()
+    });
+    let late = swarm.peers[1].id;
+    let started = Instant::now();
+    let mut procs = Vec::new();
+    for p in &swarm.peers {
+        if p.id != late {
+            procs.push(swarm.spawn(p.id, &PeerOpts::default()));
+            std::thread::sleep(STAGGER);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // Nobody can finish without the late peer.
+    for p in procs.iter_mut() {
+        assert!(
+            p.is_running(),
+            "peer {} exited before peer {late} started",
+            p.id
+        );
+    }
+    procs.push(swarm.spawn(late, &PeerOpts::default()));
+    swarm.wait_all_success(&mut procs, SWARM_DEADLINE);
+    eprintln!("finished in {:.1} s", started.elapsed().as_secs_f64());
+    swarm.check_copies();
+    swarm.validate_logs(&LogCheck::default());
+}
+
+// ---------------------------------------------------------------------------------
+// Configuration errors
+
+fn small_swarm() -> Swarm {
+    Swarm::create(SwarmSpec {
+        peers: 3,
+        seeders: vec![0],
+        file_size: 100_000,
+        piece_size: 16_384,
+        ..SwarmSpec::default()
+    })
+}
+
+/// Starts `peerProcess id` in the swarm directory; must fail quickly. Its stderr.
+fn must_fail(swarm: &Swarm, id: u32) -> String {
+    let mut cmd = Command::new(PEER_EXE);
+    cmd.arg(id.to_string()).current_dir(swarm.path());
+    cmd.env_remove("RUST_LOG");
+    let ran = run_with_deadline(cmd, STARTUP_FAILURE_DEADLINE);
+    let (status, err) = (ran.exited(), ran.stderr);
+    assert!(
+        !status.success() && status.code().is_some(),
+        "peer {id} should exit with an error, got {status}; stderr:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "peer {id} panicked:\n{err}");
+    err
+}
+
+/// stderr names `file` and line `line` (as `file:line`, `file line N`, ...).
+fn assert_names_line(err: &str, file: &str, line: usize) {
+    let re = Regex::new(&format!(
+        r"{}(:| line |, line | \(line |:line ){line}\b",
+        regex::escape(file)
+    ))
+    .unwrap();
+    assert!(
+        re.is_match(err),
+        "stderr should name {file} line {line}; got:\n{err}"
+    );
+}
+
+#[test]
+fn malformed_common_cfg_is_refused_with_file_and_line() {
+    let swarm = small_swarm();
+    let good = std::fs::read_to_string(swarm.path().join("Common.cfg")).unwrap();
+    let size = swarm.spec.file_size.to_string();
+    let cases: Vec<(String, usize, &str)> = vec![
+        (
+            good.replace(&format!("FileSize {size}"), "FileSize lots"),
+            5,
+            "FileSize",
+        ),
+        (
+            good.replace("PieceSize 16384", "PieceSize 0"),
+            6,
+            "PieceSize",
+        ),
+        (format!("{good}Colour blue\n"), 7, "Colour"),
+        // Blank lines (CRLF too) count: FileSize is now on line 7.
+        (
+            format!(
+                "\r\n\n{}",
+                good.replace(&format!("FileSize {size}"), "FileSize 12x")
+            ),
+            7,
+            "FileSize",
+        ),
+        (
+            good.replace("NumberOfPreferredNeighbors 2", "NumberOfPreferredNeighbors"),
+            1,
+            "NumberOfPreferredNeighbors",
+        ),
+        (
+            format!("{good}UnchokingInterval 3\n"),
+            7,
+            "UnchokingInterval",
+        ),
+        (
+            good.replace("UnchokingInterval 1", "UnchokingInterval -1"),
+            2,
+            "UnchokingInterval",
+        ),
+    ];
+    for (text, line, word) in cases {
+        std::fs::write(swarm.path().join("Common.cfg"), &text).unwrap();
+        let err = must_fail(&swarm, swarm.peers[1].id);
+        assert_names_line(&err, "Common.cfg", line);
+        assert!(err.contains(word), "stderr should mention {word}:\n{err}");
+    }
+    // A missing key has no line, but the file must be named.
+    std::fs::write(
+        swarm.path().join("Common.cfg"),
+        good.replace("FileName thefile.dat\n", ""),
+    )
+    .unwrap();
+    let err = must_fail(&swarm, swarm.peers[1].id);
+    assert!(
+        err.contains("Common.cfg") && err.contains("FileName"),
+        "stderr should name Common.cfg and FileName:\n{err}"
+    );
+    // No Common.cfg at all.
+    std::fs::remove_file(swarm.path().join("Common.cfg")).unwrap();
+    let err = must_fail(&swarm, swarm.peers[1].id);
+    assert!(
+        err.contains("Common.cfg"),
+        "stderr should name Common.cfg:\n{err}"
+    );
+}
+
+#[test]
+fn malformed_peerinfo_cfg_is_refused_with_file_and_line() {
+    let swarm = small_swarm();
+    let good = std::fs::read_to_string(swarm.path().join("PeerInfo.cfg")).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let three_fields = lines[1].rsplit_once(' ').unwrap().0;
+    let cases: Vec<(String, usize, &str)> = vec![
+        // Line 2 has 3 fields.
+        (
+            format!("{}\n{}\n{}\n", lines[0], three_fields, lines[2]),
+            2,
+            "",
+        ),
+        // hasFile 2 on line 1.
+        (
+            format!(
+                "{} 2\n{}\n{}\n",
+                lines[0].rsplit_once(' ').unwrap().0,
+                lines[1],
+                lines[2]
+            ),
+            1,
+            "hasFile",
+        ),
+        // The ID of line 1 again on line 3.
+        (
+            format!(
+                "{}\n{}\n{} {}\n",
+                lines[0],
+                lines[1],
+                swarm.peers[0].id,
+                lines[2].split_once(' ').unwrap().1
+            ),
+            3,
+            "",
+        ),
+        // Blank lines count: the bad port is on line 4.
+        (
+            format!(
+                "\n\r\n{}\n{}\n{}\n",
+                lines[0],
+                lines[1].replace(&swarm.peers[1].port.to_string(), "sixty"),
+                lines[2]
+            ),
+            4,
+            "",
+        ),
+    ];
+    for (text, line, word) in cases {
+        std::fs::write(swarm.path().join("PeerInfo.cfg"), &text).unwrap();
+        let err = must_fail(&swarm, swarm.peers[2].id);
+        assert_names_line(&err, "PeerInfo.cfg", line);
+        assert!(err.contains(word), "stderr should mention {word}:\n{err}");
+    }
+}
+
+#[test]
+fn unlisted_peer_id_is_refused() {
+    let swarm = small_swarm();
+    let err = must_fail(&swarm, 4242);
+    assert!(
+        err.contains("4242") && err.contains("PeerInfo.cfg"),
+        "stderr should name the ID and PeerInfo.cfg:\n{err}"
+    );
+    assert!(
+        Regex::new(r"(?i)not (listed|found|in)")
+            .unwrap()
+            .is_match(&err),
+        "stderr should say the ID is not listed:\n{err}"
+    );
+}
+
+#[test]
+fn seeder_with_missing_or_wrong_size_file_is_refused() {
+    let swarm = small_swarm();
+    let seeder = swarm.peers[0].id;
+    let path = swarm.copy_path(seeder);
+    let shown = format!("peer_{seeder}/{}", swarm.file_name);
+
+    std::fs::write(&path, &swarm.content[..swarm.content.len() - 1]).unwrap();
+    let err = must_fail(&swarm, seeder);
+    assert!(err.contains(&shown), "stderr should name {shown}:\n{err}");
+
+    let mut longer = swarm.content.clone();
+    longer.push(0);
+    std::fs::write(&path, &longer).unwrap();
+    let err = must_fail(&swarm, seeder);
+    assert!(err.contains(&shown), "stderr should name {shown}:\n{err}");
+
+    std::fs::remove_file(&path).unwrap();
+    let err = must_fail(&swarm, seeder);
+    assert!(err.contains(&shown), "stderr should name {shown}:\n{err}");
+    assert!(
+        !swarm.copy_path(seeder).exists(),
+        "a seeder must not create its missing file"
+    );
+}
+
+#[test]
+fn listening_port_in_use_is_refused() {
+    let swarm = small_swarm();
+    let p = &swarm.peers[0];
+    let _holder = std::net::TcpListener::bind(("0.0.0.0", p.port)).unwrap();
+    let err = must_fail(&swarm, p.id);
+    assert!(
+        err.contains(&p.port.to_string()),
+        "stderr should name port {}:\n{err}",
+        p.port
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// p2pshare local
+
+#[test]
+fn local_generates_and_runs_an_example_swarm() {
+    let mut cmd = Command::new(P2PSHARE_EXE);
+    cmd.args([
+        "local",
+        "--peers",
+        "3",
+        "--size",
+        "2000000",
+        "--piece-size",
+        "32768",
+    ]);
+    cmd.env_remove("RUST_LOG");
+    let ran = run_with_deadline(cmd, SWARM_DEADLINE);
+    let dir = Regex::new(r"example swarm in (.+?): \d+ seeder")
+        .unwrap()
+        .captures(&ran.stdout)
+        .map(|c| std::path::PathBuf::from(&c[1]));
+    // Remove the example directory whatever happens below.
+    struct Cleanup(Option<std::path::PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(d) = &self.0 {
+                if d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("p2pshare-local-"))
+                {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let (status, out, err) = (ran.exited(), ran.stdout.as_str(), ran.stderr.as_str());
+    assert!(status.success(), "{status}\nstdout:\n{out}\nstderr:\n{err}");
+    let dir = dir.unwrap_or_else(|| panic!("no example dir printed:\n{out}"));
+    let matches = Regex::new(r"(?m)^\s*peer\s+\d+: exit 0\s+copy matches")
+        .unwrap()
+        .find_iter(out)
+        .count();
+    assert_eq!(matches, 4, "every copy should match:\n{out}");
+    // Its logs are well-formed too.
+    for id in 1001..=1004u32 {
+        let log = std::fs::read_to_string(dir.join(format!("log_peer_{id}.log"))).unwrap();
+        assert!(!log.is_empty(), "peer {id}: empty log");
+        for line in log.lines() {
+            let (_, me, _) =
+                parse_line(line).unwrap_or_else(|e| panic!("peer {id}: {e}: {line:?}"));
+            assert_eq!(me, id, "{line:?}");
+        }
+        assert!(
+            id == 1001 || log.contains(&format!("Peer {id} has downloaded the complete file.")),
+            "peer {id} never completed"
+        );
+    }
+}
+
+#[test]
+fn local_runs_a_prepared_directory() {
+    let swarm = Swarm::create(SwarmSpec {
+        peers: 5,
+        seeders: vec![1, 3],
+        file_size: 1_500_000 + 3,
+        piece_size: 16_384,
+        ..SwarmSpec::default()
+    });
+    let mut cmd = Command::new(P2PSHARE_EXE);
+    cmd.arg("local")
+        .arg(swarm.path())
+        .args(["--stagger-ms", "100"]);
+    cmd.env_remove("RUST_LOG");
+    let ran = run_with_deadline(cmd, SWARM_DEADLINE);
+    let (status, out, err) = (ran.exited(), ran.stdout.as_str(), ran.stderr.as_str());
+    assert!(status.success(), "{status}\nstdout:\n{out}\nstderr:\n{err}");
+    let matches = Regex::new(r"(?m)^\s*peer\s+\d+: exit 0\s+copy matches")
+        .unwrap()
+        .find_iter(out)
+        .count();
+    assert_eq!(matches, 5, "every copy should match:\n{out}");
+    swarm.check_copies();
+    swarm.validate_logs(&LogCheck::default());
+}
+
+// ---------------------------------------------------------------------------------
+// The log validator itself: it must accept a correct set of logs and catch each
+// kind of defect, or the swarm tests above prove nothing.
+
+const GOOD_LOGS: [(u32, &str); 3] = [
+    (
+        1001,
+        "Peer 1001 is connected from Peer 1002.
+Peer 1001 is connected from Peer 1003.
+Peer 1001 received the 'interested' message from 1002.
+Peer 1001 received the 'interested' message from 1003.
+Peer 1001 has the preferred neighbors 1002.
+Peer 1001 has the optimistically unchoked neighbor 1003.
+Peer 1001 received the 'have' message from 1002 for the piece 0.
+Peer 1001 received the 'have' message from 1003 for the piece 2.
+Peer 1001 received the 'have' message from 1002 for the piece 1.
+Peer 1001 received the 'have' message from 1002 for the piece 2.
+Peer 1001 received the 'not interested' message from 1002.
+Peer 1001 received the 'have' message from 1003 for the piece 0.
+Peer 1001 received the 'have' message from 1003 for the piece 1.
+Peer 1001 received the 'not interested' message from 1003.",
+    ),
+    (
+        1002,
+        "Peer 1002 makes a connection to Peer 1001.
+Peer 1002 is connected from Peer 1003.
+Peer 1002 is unchoked by 1001.
+Peer 1002 has downloaded the piece 0 from 1001. Now the number of pieces it has is 1.
+Peer 1002 received the 'have' message from 1003 for the piece 2.
+Peer 1002 received the 'interested' message from 1003.
+Peer 1002 has the preferred neighbors 1003.
+Peer 1002 has downloaded the piece 1 from 1001. Now the number of pieces it has is 2.
+Peer 1002 has downloaded the piece 2 from 1001. Now the number of pieces it has is 3.
+Peer 1002 has downloaded the complete file.
+Peer 1002 received the 'not interested' message from 1003.",
+    ),
+    (
+        1003,
+        "Peer 1003 makes a connection to Peer 1001.
+Peer 1003 makes a connection to Peer 1002.
+Peer 1003 is unchoked by 1001.
+Peer 1003 has downloaded the piece 2 from 1001. Now the number of pieces it has is 1.
+Peer 1003 received the 'have' message from 1002 for the piece 0.
+Peer 1003 is unchoked by 1002.
+Peer 1003 has downloaded the piece 0 from 1002. Now the number of pieces it has is 2.
+Peer 1003 is choked by 1001.
+Peer 1003 received the 'have' message from 1002 for the piece 1.
+Peer 1003 has downloaded the piece 1 from 1002. Now the number of pieces it has is 3.
+Peer 1003 has downloaded the complete file.
+Peer 1003 received the 'have' message from 1002 for the piece 2.",
+    ),
+];
+
+fn write_logs(swarm: &Swarm, logs: &[(u32, String)]) {
+    for (id, text) in logs {
+        let stamped: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("Peer ") {
+                    format!("2026-11-24 22:45:39: {l}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(swarm.log_path(*id), stamped).unwrap();
+    }
+}
+
+#[test]
+fn log_validator_accepts_good_logs_and_catches_each_defect() {
+    let swarm = Swarm::create(SwarmSpec {
+        peers: 3,
+        seeders: vec![0],
+        file_size: 2 * 16_384 + 100,
+        piece_size: 16_384,
+        k: 1,
+        ..SwarmSpec::default()
+    });
+    let good: Vec<(u32, String)> = GOOD_LOGS.iter().map(|(i, t)| (*i, t.to_string())).collect();
+    write_logs(&swarm, &good);
+    let (_, problems) = validate_logs(&swarm, &LogCheck::default());
+    assert!(problems.is_empty(), "good logs refused: {problems:#?}");
+
+    // (peer, text to replace, replacement, expected problem)
+    let defects: &[(u32, &str, &str, &str)] = &[
+        (1002, "has downloaded the piece 1 from 1001.", "has downloaded piece 1 from 1001.", "none of the 11 forms"),
+        (1002, "Peer 1002 is connected from Peer 1003.", "Peer 1002 is connected from Peer 1003", "none of the 11 forms"),
+        (1002, "Peer 1002 is unchoked by 1001.", "Peer 1002 is unchoked by 1001.\nDEBUG: unchoked", "none of the 11 forms"),
+        (1002, "Peer 1002 is unchoked by 1001.", "Peer 1002 is unchoked by 1001.\n", "none of the 11 forms"),
+        (1001, "Peer 1001 has the preferred neighbors 1002.", "Peer 1001 has the preferred neighbors 1002,1003.", "more than k"),
+        (1001, "Peer 1001 has the preferred neighbors 1002.", "Peer 1001 has the preferred neighbors .", "none of the 11 forms"),
+        (1002, "Peer 1002 received the 'interested' message from 1003.", "Peer 1003 received the 'interested' message from 1003.", "first peer is 1003"),
+        (1002, "received the 'interested' message from 1003.", "received the 'interested' message from 4242.", "not in PeerInfo.cfg"),
+        (1002, "received the 'interested' message from 1003.", "received the 'interested' message from 1002.", "own ID"),
+        (1003, "Peer 1003 makes a connection to Peer 1002.", "Peer 1003 makes a connection to Peer 1002.\nPeer 1003 makes a connection to Peer 1002.", "2 times"),
+        (1001, "Peer 1001 is connected from Peer 1003.\n", "", "0 times"),
+        (1002, "it has is 3.", "it has is 4.", "piece count"),
+        (1002, "has downloaded the piece 2 from 1001.", "has downloaded the piece 1 from 1001.", "downloaded twice"),
+        (1002, "Peer 1002 has downloaded the complete file.", "Peer 1002 has downloaded the complete file.\nPeer 1002 has downloaded the complete file.", "second"),
+        (1003, "Peer 1003 has downloaded the complete file.\n", "", "no \"has downloaded the complete file"),
+        (1002, "Peer 1002 has downloaded the complete file.\n", "", "no \"has downloaded the complete file"),
+        (1001, "Peer 1001 has the preferred neighbors 1002.", "Peer 1001 has downloaded the piece 0 from 1002. Now the number of pieces it has is 1.", "seeder"),
+        (1003, "Peer 1003 is choked by 1001.", "Peer 1003 is choked by 1001.\nPeer 1003 is choked by 1001.", "already choked"),
+        (1003, "Peer 1003 is unchoked by 1002.", "", "never unchoked"),
+        (1001, "from 1003 for the piece 2.", "from 1003 for the piece 1.", "twice"),
+        (1002, "from 1003 for the piece 2.", "from 1003 for the piece 9.", "out of range"),
+        (1001, "Peer 1001 received the 'not interested' message from 1002.", "Peer 1001 received the 'interested' message from 1002.", "repeated interest"),
+        (1002, "Peer 1002 has the preferred neighbors 1003.", "Peer 1002 has the preferred neighbors 1001.", "seeder 1001 preferred"),
+        (1002, "Peer 1002 has the preferred neighbors 1003.", "Peer 1002 has the optimistically unchoked neighbor 1001.", "seeder 1001 optimistically"),
+        (1001, "Peer 1001 has the optimistically unchoked neighbor 1003.", "Peer 1001 has the optimistically unchoked neighbor 1002.", "never lists 1003"),
+        (1003, "Peer 1003 is unchoked by 1001.", "Peer 1003 is unchoked by 1001.\nPeer 1001 is unchoked by 1003.", "first peer is 1001"),
+        (1002, "Peer 1002 is unchoked by 1001.", "Peer 1002 is unchoked by 1001.\nPeer 1002 received the 'have' message from 1001 for the piece 0.", "'have' from seeder"),
+        (1003, "Peer 1003 makes a connection to Peer 1001.", "Peer 1003 makes a connection to Peer 1001.\nPeer 1003 is connected from Peer 1002.", "accepted a connection from the earlier peer"),
+    ];
+    for (peer, from, to, want) in defects {
+        let logs: Vec<(u32, String)> = good
+            .iter()
+            .map(|(id, text)| {
+                if id == peer {
+                    assert!(text.contains(from), "bad defect {from:?}");
+                    (*id, text.replacen(from, to, 1))
+                } else {
+                    (*id, text.clone())
+                }
+            })
+            .collect();
+        write_logs(&swarm, &logs);
+        let (_, problems) = validate_logs(&swarm, &LogCheck::default());
+        assert!(
+            problems.iter().any(|p| p.contains(want)),
+            "defect {from:?} -> {to:?} in peer {peer}'s log: expected a problem containing {want:?}, got {problems:#?}"
+        );
+    }
+
+    // A timestamp must show the date and the time of day.
+    for bad in ["22:45:39", "2026-11-24", "2026-11-24 22:45", "1764024339"] {
+        let mut logs = good.clone();
+        logs[1].1 = logs[1].1.replacen(
+            "Peer 1002 is unchoked",
+            &format!("{bad}: Peer 1002 is unchoked"),
+            1,
+        );
+        write_logs(&swarm, &logs);
+        // write_logs stamped the other lines; this one starts with the bad stamp.
+        let (_, problems) = validate_logs(&swarm, &LogCheck::default());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("timestamp") || p.contains("none of the 11")),
+            "timestamp {bad:?} accepted: {problems:#?}"
+        );
+    }
+    for ok in [
+        "2026-11-24 22:45:39",
+        "2026/11/24 22:45:39.123",
+        "Tue Nov 24 22:45:39 2026",
+        "Tue Nov 24 22:45:39 EST 2026",
+        "11/24/2026 10:45:39 PM",
+    ] {
+        assert!(
+            timestamp_ok(ok) || ok.starts_with("Tue"),
+            "timestamp {ok:?} refused"
+        );
+    }
+}
