@@ -193,8 +193,14 @@ pub async fn run(args: LocalArgs) -> Result<bool> {
     let style = ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} pieces {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
+    // Listen for Ctrl+C / SIGTERM before the first peer starts, so an early signal
+    // stops the peers instead of killing only this launcher.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let started = Instant::now();
     let mut running: Vec<(PeerInfo, Child, ProgressBar, LogTail)> = Vec::new();
+    let mut interrupted_early = false;
     for p in &config.peers.peers {
         let log_path = dir.join(format!("log_peer_{}.log", p.id));
         let offset = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
@@ -232,36 +238,45 @@ pub async fn run(args: LocalArgs) -> Result<bool> {
                 complete: p.has_file,
             },
         ));
-        tokio::time::sleep(Duration::from_millis(args.stagger_ms)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(args.stagger_ms)) => {}
+            _ = sigint.recv() => interrupted_early = true,
+            _ = sigterm.recv() => interrupted_early = true,
+        }
+        if interrupted_early {
+            break;
+        }
     }
 
     let mut statuses: Vec<Option<std::process::ExitStatus>> = vec![None; running.len()];
-    let interrupted = loop {
-        for (i, (_, child, bar, tail)) in running.iter_mut().enumerate() {
-            tail.poll();
-            bar.set_position(tail.pieces);
-            if statuses[i].is_none() {
-                if let Ok(Some(st)) = child.try_wait() {
-                    statuses[i] = Some(st);
-                    bar.set_message(if st.success() {
-                        "exited ok".to_string()
-                    } else {
-                        format!("FAILED ({st})")
-                    });
-                    bar.finish();
-                } else if tail.complete {
-                    bar.set_message("complete, seeding");
+    let interrupted = interrupted_early
+        || loop {
+            for (i, (_, child, bar, tail)) in running.iter_mut().enumerate() {
+                tail.poll();
+                bar.set_position(tail.pieces);
+                if statuses[i].is_none() {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        statuses[i] = Some(st);
+                        bar.set_message(if st.success() {
+                            "exited ok".to_string()
+                        } else {
+                            format!("FAILED ({st})")
+                        });
+                        bar.finish();
+                    } else if tail.complete {
+                        bar.set_message("complete, seeding");
+                    }
                 }
             }
-        }
-        if statuses.iter().all(Option::is_some) {
-            break false;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = tokio::signal::ctrl_c() => break true,
-        }
-    };
+            if statuses.iter().all(Option::is_some) {
+                break false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = sigint.recv() => break true,
+                _ = sigterm.recv() => break true,
+            }
+        };
     if interrupted {
         multi.println("interrupted: stopping every peer").ok();
         for (i, (_, child, _, _)) in running.iter_mut().enumerate() {

@@ -214,7 +214,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         connect_timeout: opts.connect_timeout,
         wiring,
     };
-    tokio::spawn(accept_loop(listener, later, local.clone()));
+    let accepting = tokio::spawn(accept_loop(listener, later, local.clone())).abort_handle();
     let connector = {
         let (peers, local) = (config.peers.clone(), local.clone());
         move |id: u32| {
@@ -240,7 +240,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         seed: opts.seed.unwrap_or_else(rand::random),
         give_up_after: opts.give_up_after,
     };
-    let swarm = Swarm::new(
+    let mut swarm = Swarm::new(
         me,
         config,
         swarm_opts,
@@ -252,6 +252,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         Box::new(connector),
         manifest.map(Arc::new),
     );
+    swarm.set_listener(accepting);
     match swarm.run().await {
         Outcome::AllComplete => Ok(()),
         Outcome::Failed(reason) => Err(PeerError::Failed { id: me, reason }),

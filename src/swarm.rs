@@ -147,6 +147,9 @@ pub struct Swarm {
     /// Downloaders (hasFile 0) in PeerInfo.cfg order: owners of the picker's shares
     /// (empty in strict mode).
     downloaders: Vec<u32>,
+    /// The accept loop, stopped when we shut down so that no late connection is
+    /// accepted (and logged) by a peer that is leaving.
+    listener: Option<tokio::task::AbortHandle>,
 }
 
 impl Swarm {
@@ -214,7 +217,13 @@ impl Swarm {
             manifest,
             banned: HashSet::new(),
             downloaders,
+            listener: None,
         }
+    }
+
+    /// Hands over the accept loop, so shutting down stops accepting first.
+    pub fn set_listener(&mut self, listener: tokio::task::AbortHandle) {
+        self.listener = Some(listener);
     }
 
     /// Runs until every peer has the file, then closes connections gracefully.
@@ -341,6 +350,9 @@ impl Swarm {
     /// Stops sending, then reads until every neighbour closed (or a grace period
     /// passes) so that no byte a neighbour still sends is met with a reset.
     async fn shutdown(&mut self) {
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
         let mut open: HashSet<u64> = self.neighbours.values().map(|n| n.link.conn).collect();
         self.neighbours.clear();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
