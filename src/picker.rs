@@ -166,8 +166,8 @@ impl Picker {
         // we help with another downloader's share we meet it at its end, not
         // at the piece it is fetching right now. Duplicates from a seeder cost
         // the swarm's scarcest upload.
-        let last = n - 1;
         let mut best: Option<((bool, u32, u32), u32)> = None;
+        let mut ties = 0u32;
         for b in 0..bytes {
             let mut m = candidates(b);
             while m != 0 {
@@ -184,9 +184,22 @@ impl Picker {
                 {
                     continue;
                 }
-                let key = (foreign, avail, if foreign { last - i } else { i });
-                if best.is_none_or(|(k, _)| key < k) {
-                    best = Some((key, i));
+                // Own share: in ascending order. Others' shares: equally ranked (the
+                // tie is broken at random below), so that several helpers spread over
+                // the pieces instead of all asking for the same one.
+                let key = (foreign, avail, if foreign { 0 } else { i });
+                match best {
+                    Some((k, _)) if key > k => {}
+                    Some((k, _)) if key == k => {
+                        ties += 1;
+                        if rng.gen_range(0..ties) == 0 {
+                            best = Some((key, i));
+                        }
+                    }
+                    _ => {
+                        best = Some((key, i));
+                        ties = 1;
+                    }
                 }
             }
         }
@@ -350,7 +363,7 @@ mod tests {
     }
 
     #[test]
-    fn from_a_seeder_own_share_ascends_and_others_descend() {
+    fn from_a_seeder_own_share_comes_first_in_order() {
         let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
         p.set_partition(0, 3);
         p.add_peer(&Bitfield::full(12));
@@ -360,8 +373,24 @@ mod tests {
             p.mark_pending(i);
             order.push(i);
         }
-        assert_eq!(order, vec![0, 3, 6, 9, 11, 10, 8, 7, 5, 4, 2, 1]);
-        // Share 1's owner is still working below piece 7: only 7 and 10 are ours to take.
+        assert_eq!(order[..4], [0, 3, 6, 9]);
+        let mut rest = order[4..].to_vec();
+        rest.sort();
+        assert_eq!(rest, vec![1, 2, 4, 5, 7, 8, 10, 11]);
+        // Helpers spread over another share instead of all taking the same piece.
+        let mut firsts = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
+            p.set_partition(0, 3);
+            p.add_peer(&Bitfield::full(12));
+            for i in [0, 3, 6, 9] {
+                p.complete(i);
+            }
+            let mut rng = StdRng::seed_from_u64(seed);
+            firsts.insert(p.pick_from_seeder(&Bitfield::full(12), &mut rng).unwrap());
+        }
+        assert!(firsts.len() >= 4, "{firsts:?}");
+        // Share 1's owner is at work below piece 7: only 7 and 10 of it may be taken.
         let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
         p.set_partition(0, 3);
         p.set_share_floor(vec![0, 7, 0]);
@@ -371,7 +400,8 @@ mod tests {
             p.mark_pending(i);
             order.push(i);
         }
-        assert_eq!(order, vec![0, 3, 6, 9, 11, 10, 8, 7, 5, 2]);
+        order.sort();
+        assert_eq!(order, vec![0, 2, 3, 5, 6, 7, 8, 9, 10, 11]);
         // A downloader that finished is not a seeder: its shares are all open to us
         // (regression: treating it as one left share pieces unrequestable forever).
         let mut q = Picker::new(Bitfield::new(12), Strategy::RarestFirst);

@@ -275,8 +275,8 @@ impl Swarm {
     }
 
     /// For each downloader's share, whether we may fetch it from a seeder: only when
-    /// its owner is not visibly at work on it (not connected to us, or no `have` from
-    /// it for a few seconds -- a seeder that keeps it choked, say). An active owner
+    /// its owner is not visibly at work on it (not connected to us, or no `have` of a
+    /// piece of its share for a few seconds -- a seeder that keeps it choked, say). An active owner
     /// gets its share from the seeder at full speed anyway, since the seeder's upload
     /// flows to whoever has requests, and helping it would send pieces twice (the
     /// helpers cannot see each other's requests).
@@ -599,8 +599,14 @@ impl Swarm {
                     from: peer,
                     piece: i,
                 });
+                // Progress on its own share is what tells us a downloader is being
+                // served by the seeder (see update_share_floors).
+                let owns = self.downloaders.len() as u32;
+                let slot = self.downloaders.iter().position(|&d| d == peer);
                 let n = self.neighbour(peer)?;
-                n.last_have = Some(tokio::time::Instant::now());
+                if slot.is_some_and(|s| owns > 0 && i % owns == s as u32) {
+                    n.last_have = Some(tokio::time::Instant::now());
+                }
                 if n.bitfield.set(i) {
                     let complete = n.bitfield.is_complete();
                     self.picker.peer_has(i);
@@ -823,7 +829,10 @@ impl Swarm {
             return;
         }
         let depth = if n.extensions.contains(Extensions::PIPELINE) {
-            self.opts.pipeline_depth.max(1)
+            // Twice as deep towards a seeder: only our own share is asked of it, so
+            // depth costs no duplicates there, and at the end of a run its flow to us
+            // must fill its whole upload alone.
+            self.opts.pipeline_depth.max(1) * if seeder { 2 } else { 1 }
         } else {
             1
         };
