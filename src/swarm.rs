@@ -282,7 +282,10 @@ impl Swarm {
     /// helpers cannot see each other's requests).
     fn update_share_floors(&mut self) {
         let n = self.pieces();
-        let recent = Duration::from_secs(3);
+        // An owner gets about 1/D of the seeder's upload, so the gap between pieces of
+        // its share grows with D: judge it idle only after several such gaps.
+        let recent =
+            Duration::from_millis(500 * self.downloaders.len() as u64).max(Duration::from_secs(3));
         let floors = self
             .downloaders
             .iter()
