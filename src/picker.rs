@@ -18,6 +18,44 @@ pub enum Strategy {
     RarestFirst,
 }
 
+/// The piece with the lowest key seen so far, chosen uniformly among equal keys
+/// (reservoir sampling), without materialising the candidate list.
+struct Lowest<K> {
+    best: Option<(K, u32)>,
+    ties: u32,
+}
+
+impl<K> Default for Lowest<K> {
+    fn default() -> Self {
+        Lowest {
+            best: None,
+            ties: 0,
+        }
+    }
+}
+
+impl<K: Ord + Copy> Lowest<K> {
+    fn offer<R: Rng>(&mut self, key: K, i: u32, rng: &mut R) {
+        match self.best {
+            Some((k, _)) if key > k => {}
+            Some((k, _)) if key == k => {
+                self.ties += 1;
+                if rng.gen_range(0..self.ties) == 0 {
+                    self.best = Some((key, i));
+                }
+            }
+            _ => {
+                self.best = Some((key, i));
+                self.ties = 1;
+            }
+        }
+    }
+
+    fn index(&self) -> Option<u32> {
+        self.best.map(|(_, i)| i)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Picker {
     have: Bitfield,
@@ -111,8 +149,7 @@ impl Picker {
                 None
             }
             Strategy::RarestFirst => {
-                let mut best: Option<((u32, bool), u32)> = None; // (key, index)
-                let mut ties = 0u32;
+                let mut best = Lowest::default();
                 for k in 0..bytes {
                     let b = (start + k) % bytes;
                     let mut m = candidates(b);
@@ -120,28 +157,14 @@ impl Picker {
                         let bit = m.leading_zeros();
                         m &= !(0x80 >> bit);
                         let i = b as u32 * 8 + bit;
-                        let a = self.key(i);
-                        match best {
-                            Some((ba, _)) if a > ba => {}
-                            Some((ba, _)) if a == ba => {
-                                // Reservoir sampling among equally rare pieces.
-                                ties += 1;
-                                if rng.gen_range(0..ties) == 0 {
-                                    best = Some((a, i));
-                                }
-                            }
-                            _ => {
-                                best = Some((a, i));
-                                ties = 1;
-                            }
-                        }
+                        best.offer(self.key(i), i, rng);
                     }
                     // Only this neighbour has it: nothing can be rarer.
-                    if matches!(best, Some(((a, false), _)) if a <= 1) && ties >= 8 {
+                    if matches!(best.best, Some(((a, false), _)) if a <= 1) && best.ties >= 8 {
                         break;
                     }
                 }
-                best.map(|(_, i)| i)
+                best.index()
             }
         }
     }
@@ -162,12 +185,9 @@ impl Picker {
         };
 
         // Asking a seeder: our own share first (the rarest of it first, then in
-        // ascending order), others' shares only then and in descending order, so that when
-        // we help with another downloader's share we meet it at its end, not
-        // at the piece it is fetching right now. Duplicates from a seeder cost
-        // the swarm's scarcest upload.
-        let mut best: Option<((bool, u32, u32), u32)> = None;
-        let mut ties = 0u32;
+        // ascending order); others' shares only where share_floor allows. Duplicates
+        // from a seeder cost the swarm's scarcest upload.
+        let mut best = Lowest::default();
         for b in 0..bytes {
             let mut m = candidates(b);
             while m != 0 {
@@ -187,23 +207,10 @@ impl Picker {
                 // Own share: in ascending order. Others' shares: equally ranked (the
                 // tie is broken at random below), so that several helpers spread over
                 // the pieces instead of all asking for the same one.
-                let key = (foreign, avail, if foreign { 0 } else { i });
-                match best {
-                    Some((k, _)) if key > k => {}
-                    Some((k, _)) if key == k => {
-                        ties += 1;
-                        if rng.gen_range(0..ties) == 0 {
-                            best = Some((key, i));
-                        }
-                    }
-                    _ => {
-                        best = Some((key, i));
-                        ties = 1;
-                    }
-                }
+                best.offer((foreign, avail, if foreign { 0 } else { i }), i, rng);
             }
         }
-        best.map(|(_, i)| i)
+        best.index()
     }
 
     /// Endgame: a piece `theirs` has that we lack and that is already requested from
