@@ -40,6 +40,11 @@ pub struct PeerArgs {
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub give_up_after: u64,
 
+    /// Close a connection that delivers none of the pieces we requested for this many
+    /// seconds (plus the time a piece takes at 32 KiB/s); its requests go elsewhere.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub request_timeout: u64,
+
     /// Manifest of piece hashes [default: <dir>/<FileName>.p2pmanifest if present;
     /// without one, pieces are not verified].
     #[arg(long, value_name = "PATH")]
@@ -73,6 +78,7 @@ impl PeerArgs {
             manifest: self.manifest.clone(),
             manifest_digest: self.manifest_digest.clone(),
             upload_limit: self.upload_limit,
+            request_timeout: Duration::from_secs(self.request_timeout),
         }
     }
 }

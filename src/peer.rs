@@ -41,6 +41,8 @@ pub struct PeerOptions {
     pub manifest_digest: Option<String>,
     /// Cap on piece bytes sent per second, all connections together.
     pub upload_limit: Option<u64>,
+    /// See [`SwarmOptions::request_timeout`].
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,14 +219,18 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     let accepting = tokio::spawn(accept_loop(listener, later, local.clone())).abort_handle();
     let connector = {
         let (peers, local) = (config.peers.clone(), local.clone());
-        move |id: u32| {
+        move |id: u32, delay: Duration| {
             if let Some(p) = peers.get(id) {
-                tokio::spawn(connect_to(p.id, p.host.clone(), p.port, local.clone()));
+                let (host, port, local) = (p.host.clone(), p.port, local.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    connect_to(id, host, port, local).await;
+                });
             }
         }
     };
     for earlier in &config.peers.peers[..my_pos] {
-        connector(earlier.id);
+        connector(earlier.id, Duration::ZERO);
     }
 
     // Deep enough to cover the bandwidth-delay product, shallow enough that a
@@ -239,6 +245,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         max_queued_bytes: (common.piece_size as u64 * (depth as u64 + 2)).max(4 << 20),
         seed: opts.seed.unwrap_or_else(rand::random),
         give_up_after: opts.give_up_after,
+        request_timeout: opts.request_timeout,
     };
     let mut swarm = Swarm::new(
         me,

@@ -20,7 +20,7 @@ use crate::storage::{Storage, StorageError};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +91,10 @@ pub struct SwarmOptions {
     /// Give up (exit non-zero) after this long without progress while the swarm
     /// cannot finish: a peer of PeerInfo.cfg is gone or a missing piece has no holder.
     pub give_up_after: Duration,
+    /// A neighbour that sends no requested piece for this long (plus the time a piece
+    /// takes at 32 KiB/s) is stalled: its connection is closed and its requests go
+    /// elsewhere.
+    pub request_timeout: Duration,
 }
 
 /// How a swarm run ended.
@@ -117,6 +121,10 @@ struct Neighbour {
     corrupt: u32,
     last_have: Option<tokio::time::Instant>,
     last_heard: tokio::time::Instant,
+    connected_at: tokio::time::Instant,
+    /// Since when we have been waiting on this neighbour for a requested piece
+    /// (`None` when nothing is outstanding).
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 pub struct Swarm {
@@ -137,7 +145,11 @@ pub struct Swarm {
     /// Peers we gave up connecting to, so the run cannot finish.
     unreachable: Vec<String>,
     /// Asks the peer to connect again to an earlier-listed peer that dropped.
-    reconnect: Box<dyn Fn(u32) + Send>,
+    reconnect: Box<dyn Fn(u32, Duration) + Send>,
+    /// Consecutive connections to a peer that closed soon after opening: the delay
+    /// before the next reconnect doubles with each (a peer that refuses us because
+    /// it still holds our old connection must not see a tight loop).
+    short_lived: HashMap<u32, u32>,
     last_progress: tokio::time::Instant,
     manifest: Option<Arc<Manifest>>,
     /// With a manifest: the finished file's digest was checked.
@@ -163,7 +175,7 @@ impl Swarm {
         have: Bitfield,
         events_tx: mpsc::Sender<SwarmEvent>,
         events: mpsc::Receiver<SwarmEvent>,
-        reconnect: Box<dyn Fn(u32) + Send>,
+        reconnect: Box<dyn Fn(u32, Duration) + Send>,
         manifest: Option<Arc<Manifest>>,
     ) -> Swarm {
         let strategy = if opts.strict {
@@ -212,6 +224,7 @@ impl Swarm {
             events,
             unreachable: Vec::new(),
             reconnect,
+            short_lived: HashMap::new(),
             last_progress: tokio::time::Instant::now(),
             file_checked: manifest.is_none() || complete_at_start,
             manifest,
@@ -255,6 +268,7 @@ impl Swarm {
                     if let Some(why) = self.stalled() {
                         break Outcome::Failed(why);
                     }
+                    self.drop_stalled();
                     self.update_share_floors();
                 }
             }
@@ -305,6 +319,25 @@ impl Swarm {
         let ids: Vec<u32> = self.neighbours.keys().copied().collect();
         for id in ids {
             self.fill_requests(id);
+        }
+    }
+
+    /// Closes connections that hold requested pieces without delivering them (a peer
+    /// that stops mid-piece but keeps its socket open defeats every TCP timeout).
+    fn drop_stalled(&mut self) {
+        let piece_time = Duration::from_secs_f64(self.config.common.piece_size as f64 / 32768.0);
+        let limit = self.opts.request_timeout + piece_time;
+        let stalled: Vec<u32> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.waiting_since.is_some_and(|t| t.elapsed() > limit))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stalled {
+            tracing::warn!(
+                "peer {id} delivered none of its requested pieces for {limit:?}; closing the connection"
+            );
+            self.drop_neighbour(id);
         }
     }
 
@@ -533,6 +566,8 @@ impl Swarm {
                 corrupt: 0,
                 last_have: None,
                 last_heard: tokio::time::Instant::now(),
+                connected_at: tokio::time::Instant::now(),
+                waiting_since: None,
             },
         );
     }
@@ -553,7 +588,14 @@ impl Swarm {
             let earlier = self.config.peers.position(peer) < self.config.peers.position(self.me);
             let needed = !self.known_complete.contains(&peer) || !self.picker.have().is_complete();
             if earlier && needed {
-                (self.reconnect)(peer);
+                let attempts = self.short_lived.entry(peer).or_insert(0);
+                if n.connected_at.elapsed() < Duration::from_secs(10) {
+                    *attempts += 1;
+                } else {
+                    *attempts = 0;
+                }
+                let delay = Duration::from_millis(250 << (*attempts).min(6));
+                (self.reconnect)(peer, delay);
             }
         }
     }
@@ -639,6 +681,7 @@ impl Swarm {
                 let n = self.neighbour(peer)?;
                 n.peer_choking = true;
                 // Unanswered requests become requestable again, from anyone.
+                n.waiting_since = None;
                 let lost = std::mem::take(&mut n.outstanding);
                 for i in lost {
                     self.release(i);
@@ -706,6 +749,7 @@ impl Swarm {
                     None => false,
                 };
                 n.bytes_this_interval += data.len() as u64;
+                n.waiting_since = (!n.outstanding.is_empty()).then(tokio::time::Instant::now);
                 if self.picker.have().has(index) || self.writing.contains(&index) {
                     tracing::debug!("peer {peer} sent piece {index}, which we already have");
                 } else if !was_requested && self.writing.len() >= self.max_writing() {
@@ -852,6 +896,9 @@ impl Swarm {
             n.outstanding.push(i);
             let _ = n.link.tx.send(Message::Request(i));
         }
+        if !n.outstanding.is_empty() && n.waiting_since.is_none() {
+            n.waiting_since = Some(tokio::time::Instant::now());
+        }
         // Endgame (default mode): every missing piece is requested somewhere and this
         // connection is idle, so ask it for one of them too rather than wait on the
         // slowest neighbour. One extra copy per idle connection at most; duplicates
@@ -869,6 +916,8 @@ impl Swarm {
             {
                 n.outstanding.push(i);
                 let _ = n.link.tx.send(Message::Request(i));
+                n.waiting_since
+                    .get_or_insert_with(tokio::time::Instant::now);
             }
         }
     }
