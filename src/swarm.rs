@@ -122,6 +122,8 @@ struct Neighbour {
     last_have: Option<tokio::time::Instant>,
     last_heard: tokio::time::Instant,
     connected_at: tokio::time::Instant,
+    /// Pieces this neighbour sent us corrupt: fetched from someone else if possible.
+    bad_pieces: Vec<u32>,
     /// Since when we have been waiting on this neighbour for a requested piece
     /// (`None` when nothing is outstanding).
     waiting_since: Option<tokio::time::Instant>,
@@ -496,6 +498,7 @@ impl Swarm {
         let strikes = match self.neighbours.get_mut(&from) {
             Some(n) => {
                 n.corrupt += 1;
+                n.bad_pieces.push(index);
                 n.corrupt
             }
             None => MAX_CORRUPT,
@@ -567,6 +570,7 @@ impl Swarm {
                 last_have: None,
                 last_heard: tokio::time::Instant::now(),
                 connected_at: tokio::time::Instant::now(),
+                bad_pieces: Vec::new(),
                 waiting_since: None,
             },
         );
@@ -869,6 +873,33 @@ impl Swarm {
         if self.writing.len() >= self.max_writing() {
             return;
         }
+        // Pieces this neighbour sent corrupt are hidden from the picker while another
+        // connected neighbour has them, so the retry goes to someone else.
+        let hidden: Vec<u32> = match self.neighbours.get(&peer) {
+            Some(n) => n
+                .bad_pieces
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    !self.picker.is_pending(i)
+                        && self
+                            .neighbours
+                            .iter()
+                            .any(|(&id, o)| id != peer && o.bitfield.has(i))
+                })
+                .collect(),
+            None => return,
+        };
+        for &i in &hidden {
+            self.picker.mark_pending(i);
+        }
+        self.request_more(peer, seeder, &hidden);
+        for i in hidden {
+            self.picker.unmark_pending(i);
+        }
+    }
+
+    fn request_more(&mut self, peer: u32, seeder: bool, hidden: &[u32]) {
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return;
         };
@@ -910,10 +941,11 @@ impl Swarm {
             && self.picker.unrequested_missing() == 0
         {
             let writing = &self.writing;
-            if let Some(i) =
-                self.picker
-                    .pick_endgame(&n.bitfield, |i| writing.contains(&i), &mut self.rng)
-            {
+            if let Some(i) = self.picker.pick_endgame(
+                &n.bitfield,
+                |i| writing.contains(&i) || hidden.contains(&i),
+                &mut self.rng,
+            ) {
                 n.outstanding.push(i);
                 let _ = n.link.tx.send(Message::Request(i));
                 n.waiting_since
