@@ -1296,6 +1296,69 @@ fn seeder_killed_after_every_piece_left_it_the_rest_finish() {
 // (e) every copy of some piece gone: the seeder SIGKILLed before its pieces are out
 
 #[test]
+fn seeder_restarted_mid_swarm_the_swarm_finishes() {
+    let p = Params::new("seeder_restart", 4);
+    let started = Instant::now();
+    let mut rng = p.rng();
+    let net = Net::create(&p, &layout(&[Kind::Ours], p.downloaders), 2);
+    net.write_manifest();
+    let limit = p.upload_limit().to_string();
+    let down_limit = (p.upload_limit() / 2).max(1).to_string();
+    let seeder_args = args(&["--upload-limit", &limit]);
+    let mut procs = net.start_all(|id| {
+        if id == 1001 {
+            seeder_args.clone()
+        } else {
+            args(&["--upload-limit", &down_limit])
+        }
+    });
+    let n = p.pieces();
+    let downloaders = net.downloaders();
+    // Kill the seeder once a random third to two thirds of the pieces are out.
+    let target = (n as f64 * rng.gen_range(0.33..0.66)) as usize;
+    let mut progress: BTreeMap<u32, Progress> = BTreeMap::new();
+    let end = Instant::now() + p.deadline;
+    loop {
+        for &id in &downloaders {
+            progress.entry(id).or_default().update(&net.log_path(id));
+        }
+        let union: BTreeSet<u32> = progress
+            .values()
+            .flat_map(|p| p.pieces.iter().copied())
+            .collect();
+        if union.len() >= target {
+            break;
+        }
+        if Instant::now() >= end {
+            net.fail("the downloaders never got a third of the pieces");
+        }
+        std::thread::sleep(POLL);
+    }
+    procs.get_mut(&1001).unwrap().kill();
+    let down = Duration::from_millis(rng.gen_range(200..=1500));
+    eprintln!("[faults] SIGKILL seeder 1001 at {target} of {n} pieces out; restart in {down:?}");
+    std::thread::sleep(down);
+    procs.insert(1001, net.spawn(1001, 1, &seeder_args));
+    let mut everyone = downloaders.clone();
+    everyone.push(1001);
+    net.wait_exit(&mut procs, &everyone, p.deadline);
+    let mut problems = net.check_success(&mut procs, &everyone);
+    problems.extend(check_log_forms(&net));
+    let corrupt: u64 = downloaders.iter().map(|&id| net.corrupt_bytes(id)).sum();
+    summary(
+        &p,
+        started,
+        &[
+            ("injected", "1".into()),
+            ("survived", usize::from(problems.is_empty()).to_string()),
+            ("corrupt_bytes_accepted", corrupt.to_string()),
+            ("verified_pieces_lost", "0".into()),
+        ],
+    );
+    net.check(&problems);
+}
+
+#[test]
 fn seeder_killed_early_downloaders_give_up_with_a_clear_message() {
     let p = Params::new("seeder_gone_early", 4);
     let started = Instant::now();
