@@ -1212,6 +1212,18 @@ fn downloaders_killed_mid_transfer_resume_and_finish() {
 // ---------------------------------------------------------------------------------
 // (b) the seeder SIGKILLed once every piece has left it
 
+/// Reads the downloaders' logs on; how many distinct pieces they hold together.
+fn pieces_out(net: &Net, downloaders: &[u32], progress: &mut BTreeMap<u32, Progress>) -> usize {
+    for &id in downloaders {
+        progress.entry(id).or_default().update(&net.log_path(id));
+    }
+    progress
+        .values()
+        .flat_map(|p| p.pieces.iter().copied())
+        .collect::<BTreeSet<u32>>()
+        .len()
+}
+
 #[test]
 fn seeder_killed_after_every_piece_left_it_the_rest_finish() {
     let p = Params::new("seeder_gone_after", 4);
@@ -1237,14 +1249,8 @@ fn seeder_killed_after_every_piece_left_it_the_rest_finish() {
     let delay = Duration::from_millis(rng.gen_range(0..=200));
     let mut out_since: Option<Instant> = None;
     loop {
-        for &id in &downloaders {
-            progress.entry(id).or_default().update(&net.log_path(id));
-        }
-        let union: BTreeSet<u32> = progress
-            .values()
-            .flat_map(|p| p.pieces.iter().copied())
-            .collect();
-        if union.len() as u32 == n {
+        let out = pieces_out(&net, &downloaders, &mut progress);
+        if out as u32 == n {
             let t = *out_since.get_or_insert_with(Instant::now);
             if t.elapsed() >= delay {
                 break;
@@ -1252,8 +1258,7 @@ fn seeder_killed_after_every_piece_left_it_the_rest_finish() {
         }
         if let Some(s) = procs.get_mut(&1001).unwrap().try_wait() {
             net.fail(&format!(
-                "the seeder exited ({s}) before the test saw every piece out (union {} of {n})",
-                union.len()
+                "the seeder exited ({s}) before the test saw every piece out ({out} of {n})"
             ));
         }
         if Instant::now() >= end {
@@ -1319,14 +1324,7 @@ fn seeder_restarted_mid_swarm_the_swarm_finishes() {
     let mut progress: BTreeMap<u32, Progress> = BTreeMap::new();
     let end = Instant::now() + p.deadline;
     loop {
-        for &id in &downloaders {
-            progress.entry(id).or_default().update(&net.log_path(id));
-        }
-        let union: BTreeSet<u32> = progress
-            .values()
-            .flat_map(|p| p.pieces.iter().copied())
-            .collect();
-        if union.len() >= target {
+        if pieces_out(&net, &downloaders, &mut progress) >= target {
             break;
         }
         if Instant::now() >= end {
