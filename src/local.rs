@@ -10,7 +10,6 @@ use crate::config::{Config, PeerInfo};
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -97,9 +96,10 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-pub fn sha256_file(path: &Path) -> Result<String> {
+/// BLAKE3 of a whole file, streamed (the same digest as a manifest's `file-blake3`).
+pub fn blake3_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut h = Sha256::new();
+    let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;
@@ -108,10 +108,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>())
+    Ok(crate::manifest::hex(h.finalize().as_bytes()))
 }
 
 /// Reads the highest "Now the number of pieces it has is N" from a log, incrementally.
@@ -184,7 +181,7 @@ pub async fn run(args: LocalArgs) -> Result<bool> {
     let seed_path = dir
         .join(format!("peer_{}", seeder.id))
         .join(&config.common.file_name);
-    let expected = sha256_file(&seed_path)
+    let expected = blake3_file(&seed_path)
         .with_context(|| format!("hashing the seeder's copy {}", seed_path.display()))?;
     let exe = std::env::current_exe().context("locating the p2pshare binary")?;
     let pieces = config.common.num_pieces() as u64;
@@ -303,7 +300,7 @@ pub async fn run(args: LocalArgs) -> Result<bool> {
         let copy = dir
             .join(format!("peer_{}", p.id))
             .join(&config.common.file_name);
-        let verdict = match sha256_file(&copy) {
+        let verdict = match blake3_file(&copy) {
             Ok(h) if h == expected => "copy matches the seeder's".to_string(),
             Ok(_) if interrupted => format!("incomplete: {}/{pieces} pieces", tail.pieces),
             Ok(_) => "copy DIFFERS from the seeder's".to_string(),
@@ -322,7 +319,7 @@ pub async fn run(args: LocalArgs) -> Result<bool> {
             if ok { "" } else { "  <-- problem" }
         );
     }
-    println!("sha256 {expected}");
+    println!("blake3 {expected}");
     if interrupted {
         let manifest = crate::manifest::path_for(&dir, &config.common.file_name);
         if manifest.exists() {
