@@ -1298,7 +1298,7 @@ fn seeder_killed_after_every_piece_left_it_the_rest_finish() {
 }
 
 // ---------------------------------------------------------------------------------
-// (e) every copy of some piece gone: the seeder SIGKILLed before its pieces are out
+// (b') the seeder SIGKILLed mid-swarm and started again with the same command
 
 #[test]
 fn seeder_restarted_mid_swarm_the_swarm_finishes() {
@@ -1355,6 +1355,9 @@ fn seeder_restarted_mid_swarm_the_swarm_finishes() {
     );
     net.check(&problems);
 }
+
+// ---------------------------------------------------------------------------------
+// (e) every copy of some piece gone: the seeder SIGKILLed before its pieces are out
 
 #[test]
 fn seeder_killed_early_downloaders_give_up_with_a_clear_message() {
