@@ -67,7 +67,9 @@ if [ "$i" -eq 0 ]; then
     ln -s "$file" "$dir/$name" || die "cannot link $file"
   fi
   echo "p2p_host[0]: seeder $id $ip:$port k=$k unchoke=$unchoke optimistic=$optimistic piece=$piece args: $*" >&2
-  "$bin" "$id" --dir "$dir" "$@"
+  # P2P_SEED_ARGS: extra arguments for the seeder only (experiments).
+  # shellcheck disable=SC2086
+  "$bin" "$id" --dir "$dir" "$@" ${P2P_SEED_ARGS:-}
   rc=$?
   echo "p2p_host[0]: peerProcess $id exited rc=$rc at $(date +%T.%N)" >&2
   [ "$rc" -eq 0 ] && exec sleep infinity

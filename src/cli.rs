@@ -59,6 +59,20 @@ pub struct PeerArgs {
     #[arg(long, value_name = "BYTES_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_limit: Option<u64>,
 
+    /// Pieces uploaded at the same time, to all neighbours together (0: no limit).
+    /// Few at full speed reach their receivers sooner than many at a fraction of it,
+    /// so they travel on through the swarm sooner; the rarest requested piece goes
+    /// first.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub upload_slots: usize,
+
+    /// TCP congestion control of our connections: a name the kernel offers
+    /// (net.ipv4.tcp_available_congestion_control), or `system` for the default.
+    /// The default, `cubic` (falling back to `reno`), keeps full speed towards peers
+    /// whose uplink is busy relaying, where BBR stalls (see bench/RESULTS.md).
+    #[arg(long, default_value = "cubic", value_name = "NAME")]
+    pub congestion: String,
+
     /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -79,6 +93,12 @@ impl PeerArgs {
             manifest_digest: self.manifest_digest.clone(),
             upload_limit: self.upload_limit,
             request_timeout: Duration::from_secs(self.request_timeout),
+            upload_slots: self.upload_slots,
+            congestion: match self.congestion.as_str() {
+                "system" => Vec::new(),
+                "cubic" => vec!["cubic".into(), "reno".into()],
+                other => vec![other.to_string()],
+            },
         }
     }
 }

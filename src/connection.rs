@@ -11,6 +11,7 @@ use crate::handshake::{self, Extensions, Handshake};
 use crate::message::{Message, MessageCodec};
 use crate::ratelimit::RateLimiter;
 use crate::swarm::SwarmEvent;
+use crate::upload::UploadSlot;
 use bytes::BytesMut;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,12 +103,25 @@ pub async fn handshake_as_acceptor(
     Ok((theirs.peer_id, agreed))
 }
 
+/// A message for the writer; a piece may carry the upload slot it was sent under.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub msg: Message,
+    pub slot: Option<UploadSlot>,
+}
+
+impl From<Message> for Outgoing {
+    fn from(msg: Message) -> Outgoing {
+        Outgoing { msg, slot: None }
+    }
+}
+
 /// Handle the swarm keeps for a live connection.
 #[derive(Clone, Debug)]
 pub struct Link {
     /// Distinguishes this connection from an earlier one to the same peer.
     pub conn: u64,
-    pub tx: mpsc::UnboundedSender<Message>,
+    pub tx: mpsc::UnboundedSender<Outgoing>,
     /// Piece bytes queued for the writer and not yet on the socket.
     pub queued_bytes: Arc<AtomicU64>,
 }
@@ -120,7 +134,20 @@ pub struct Wiring {
     pub codec: MessageCodec,
     pub events: mpsc::Sender<SwarmEvent>,
     pub limiter: Option<Arc<RateLimiter>>,
+    /// TCP congestion control for every connection, in order of preference; empty:
+    /// the system's default.
+    pub congestion: Vec<String>,
+    /// Uploads go one slot at a time (see `upload.rs`): bound unsent socket data.
+    pub serialized_uploads: bool,
+    /// Best recent upload speed of one piece sent under a slot, bytes/s, shared by
+    /// all connections: bounds how long one slow receiver may hold a slot.
+    pub upload_rate: Arc<AtomicU64>,
 }
+
+/// Unsent bytes a socket may hold. Without a bound the kernel accepts megabytes per
+/// socket, a "sent" piece is still queued behind others, and the upload order the
+/// swarm chose (see `upload.rs`) is lost inside the kernel.
+const NOTSENT_LOWAT: libc::c_int = 128 * 1024;
 
 /// Starts the reader and writer tasks of an established connection. The reader
 /// announces the connection to the swarm before its first message, so the swarm
@@ -129,10 +156,20 @@ pub fn start(stream: TcpStream, peer: u32, extensions: Extensions, initiated: bo
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     detect_dead_peers(&stream);
+    if w.serialized_uploads {
+        limit_unsent(&stream);
+    }
+    choose_congestion_control(&stream, &w.congestion);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let queued_bytes = Arc::new(AtomicU64::new(0));
-    tokio::spawn(write_loop(wr, rx, queued_bytes.clone(), w.limiter.clone()));
+    tokio::spawn(write_loop(
+        wr,
+        rx,
+        queued_bytes.clone(),
+        w.limiter.clone(),
+        w.upload_rate.clone(),
+    ));
     let link = Link {
         conn,
         tx,
@@ -154,6 +191,32 @@ pub fn start(stream: TcpStream, peer: u32, extensions: Extensions, initiated: bo
     ));
 }
 
+/// Sets the first congestion control of `names` the kernel lets us use.
+///
+/// Why not the system default when it is BBR: BBR bounds a flow's window by its
+/// estimate of bandwidth times the *minimum* RTT seen. In a swarm every host's uplink
+/// is kept full by relays, so the ACKs a downloader returns wait in that queue and
+/// the real RTT is many times the minimum: BBR flows towards busy downloaders stall
+/// on their window (measured: a seeder sending one piece a second to a downloader
+/// that relays at full speed). Loss-based control (CUBIC, Reno) grows its window
+/// until the path is full whatever the ACKs' delay; see bench/RESULTS.md.
+fn choose_congestion_control(stream: &TcpStream, names: &[String]) {
+    let sock = socket2::SockRef::from(stream);
+    for name in names {
+        match sock.set_tcp_congestion(name.as_bytes()) {
+            Ok(()) => return,
+            Err(e) => tracing::debug!("congestion control {name} not available: {e}"),
+        }
+    }
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !names.is_empty() && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "none of the congestion controls {} is available; using the system's",
+            names.join(", ")
+        );
+    }
+}
+
 /// Part A has no keep-alive message and idle connections are normal (a peer waits for
 /// others to finish), so a vanished host is detected by TCP itself: keepalive probes
 /// on an idle connection, and a bound on how long sent data may stay unacknowledged.
@@ -170,6 +233,74 @@ fn detect_dead_peers(stream: &TcpStream) {
     if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(30))) {
         tracing::debug!("cannot set TCP_USER_TIMEOUT: {e}");
     }
+}
+
+#[cfg(target_os = "linux")]
+fn limit_unsent(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let v = NOTSENT_LOWAT;
+    // SAFETY: setsockopt on a socket we own, with a c_int value and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "cannot set TCP_NOTSENT_LOWAT: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn limit_unsent(_stream: &TcpStream) {}
+
+/// How long a piece may hold its upload slot: four times what it takes at the best
+/// speed seen lately, within [1 s, 10 s]. The slot is a scheduling aid, not a limit:
+/// letting go of it early only lets one more piece share the link.
+fn slot_hold(len: usize, rate: u64) -> Duration {
+    if rate == 0 {
+        return Duration::from_secs(1);
+    }
+    Duration::from_secs_f64(4.0 * len as f64 / rate as f64)
+        .clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// Writes `parts` in order. While `slot` is held it is given up at `deadline`: a
+/// receiver slower than our link must not keep others' pieces waiting.
+async fn write_parts(
+    wr: &mut OwnedWriteHalf,
+    parts: [&[u8]; 2],
+    slot: &mut Option<UploadSlot>,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<()> {
+    for part in parts {
+        let mut off = 0;
+        while off < part.len() {
+            // `write` is cancel safe: when the deadline wins, nothing was written.
+            let n = if slot.is_some() {
+                tokio::select! {
+                    r = wr.write(&part[off..]) => r?,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        *slot = None;
+                        continue;
+                    }
+                }
+            } else {
+                wr.write(&part[off..]).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            off += n;
+        }
+    }
+    Ok(())
 }
 
 async fn read_loop(
@@ -204,24 +335,54 @@ async fn read_loop(
 
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Message>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     queued_bytes: Arc<AtomicU64>,
     limiter: Option<Arc<RateLimiter>>,
+    upload_rate: Arc<AtomicU64>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         // Batch whatever is queued into as few writes as possible; piece data goes
         // straight from its `Bytes` to the socket without being copied into `buf`.
-        while let Some(msg) = next.take() {
+        while let Some(Outgoing { msg, mut slot }) = next.take() {
             msg.encode_head(&mut buf);
-            if let Message::Piece { data, .. } = &msg {
+            if let Message::Piece { index, data } = &msg {
                 if let Some(l) = &limiter {
                     l.acquire(data.len()).await;
                 }
-                if wr.write_all(&buf).await.is_err() || wr.write_all(data).await.is_err() {
+                let start = tokio::time::Instant::now();
+                let rate = upload_rate.load(Ordering::Relaxed);
+                let deadline = start + slot_hold(data.len(), rate);
+                let timed = slot.is_some();
+                if write_parts(&mut wr, [&buf, data], &mut slot, deadline)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
+                if timed && slot.is_some() {
+                    // Sent under a slot the whole way: a sample of our link's speed.
+                    // The estimate decays so that a link that got slower is noticed.
+                    let secs = start.elapsed().as_secs_f64().max(1e-4);
+                    let sample = (data.len() as f64 / secs) as u64;
+                    let decayed = rate - rate / 8;
+                    upload_rate.store(sample.max(decayed), Ordering::Relaxed);
+                } else if timed {
+                    upload_rate.store(rate - rate / 8, Ordering::Relaxed);
+                }
+                tracing::debug!(
+                    "piece {index} written in {:?} (slot {})",
+                    start.elapsed(),
+                    if !timed {
+                        "none"
+                    } else if slot.is_some() {
+                        "kept"
+                    } else {
+                        "released"
+                    }
+                );
+                drop(slot);
                 buf.clear();
                 queued_bytes.fetch_sub(data.len() as u64, Ordering::Relaxed);
             }

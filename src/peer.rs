@@ -43,6 +43,10 @@ pub struct PeerOptions {
     pub upload_limit: Option<u64>,
     /// See [`SwarmOptions::request_timeout`].
     pub request_timeout: Duration,
+    /// See [`SwarmOptions::upload_slots`].
+    pub upload_slots: usize,
+    /// TCP congestion controls to try, in order; empty: the system's.
+    pub congestion: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +208,9 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         codec,
         events: tx.clone(),
         limiter,
+        upload_rate: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        congestion: opts.congestion.clone(),
+        serialized_uploads: opts.upload_slots > 0,
     };
     let later: Vec<u32> = config.peers.peers[my_pos + 1..]
         .iter()
@@ -246,6 +253,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         seed: opts.seed.unwrap_or_else(rand::random),
         give_up_after: opts.give_up_after,
         request_timeout: opts.request_timeout,
+        upload_slots: opts.upload_slots,
     };
     let mut swarm = Swarm::new(
         me,

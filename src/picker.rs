@@ -106,6 +106,11 @@ impl Picker {
         &self.have
     }
 
+    /// How many neighbours have piece `i`.
+    pub fn availability(&self, i: u32) -> u32 {
+        self.availability.get(i as usize).copied().unwrap_or(0)
+    }
+
     pub fn is_pending(&self, i: u32) -> bool {
         self.pending.has(i)
     }

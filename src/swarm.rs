@@ -10,13 +10,14 @@
 use crate::bitfield::Bitfield;
 use crate::choke::{Candidate, Choker, Decision};
 use crate::config::Config;
-use crate::connection::Link;
+use crate::connection::{Link, Outgoing};
 use crate::eventlog::{Event as Log, EventLog};
 use crate::handshake::Extensions;
 use crate::manifest::Manifest;
 use crate::message::Message;
 use crate::picker::{Picker, Strategy};
 use crate::storage::{Storage, StorageError};
+use crate::upload::{UploadQueue, UploadSlot, Waiting};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -60,6 +61,8 @@ pub enum SwarmEvent {
         conn: u64,
         index: u32,
         result: Result<Bytes, StorageError>,
+        /// The upload slot the piece is sent under.
+        slot: UploadSlot,
     },
     /// A connector gave up on an earlier peer.
     ConnectFailed {
@@ -95,7 +98,12 @@ pub struct SwarmOptions {
     /// takes at 32 KiB/s) is stalled: its connection is closed and its requests go
     /// elsewhere.
     pub request_timeout: Duration,
+    /// Pieces uploaded at once (0: no limit); see `upload.rs`.
+    pub upload_slots: usize,
 }
+
+/// A request waiting this long for an upload slot goes before rarer pieces.
+const UPLOAD_MAX_WAIT: Duration = Duration::from_secs(3);
 
 /// How a swarm run ended.
 #[derive(Debug)]
@@ -164,6 +172,10 @@ pub struct Swarm {
     /// The accept loop, stopped when we shut down so that no late connection is
     /// accepted (and logged) by a peer that is leaving.
     listener: Option<tokio::task::AbortHandle>,
+    /// Accepted requests waiting for an upload slot.
+    uploads: UploadQueue,
+    slot_returns_tx: mpsc::UnboundedSender<()>,
+    slot_returns: mpsc::UnboundedReceiver<()>,
 }
 
 impl Swarm {
@@ -210,7 +222,11 @@ impl Swarm {
         } else {
             Vec::new()
         };
+        let (slot_returns_tx, slot_returns) = mpsc::unbounded_channel();
         Swarm {
+            uploads: UploadQueue::new(opts.upload_slots, UPLOAD_MAX_WAIT),
+            slot_returns_tx,
+            slot_returns,
             me,
             rng: StdRng::seed_from_u64(opts.seed),
             config,
@@ -264,6 +280,10 @@ impl Swarm {
                     }
                     None => break Outcome::Failed("event channel closed".into()),
                 },
+                Some(()) = self.slot_returns.recv() => {
+                    self.uploads.done();
+                    self.pump_uploads();
+                }
                 _ = unchoke.tick() => self.rechoke(),
                 _ = optimistic.tick() => self.rotate_optimistic(),
                 _ = housekeeping.tick() => {
@@ -464,6 +484,7 @@ impl Swarm {
                 conn,
                 index,
                 result,
+                slot,
             } => {
                 let data = result.map_err(|e| format!("disk error: {e}"))?;
                 let choker = &self.choker;
@@ -477,7 +498,10 @@ impl Swarm {
                         n.link
                             .queued_bytes
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
-                        let _ = n.link.tx.send(Message::Piece { index, data });
+                        let _ = n.link.tx.send(Outgoing {
+                            msg: Message::Piece { index, data },
+                            slot: Some(slot),
+                        });
                     }
                 }
             }
@@ -550,9 +574,9 @@ impl Swarm {
             tracing::debug!("peer {peer}: extensions {:?}", extensions);
         }
         // Always send the bitfield, all zero if we have nothing (SPEC A5.1).
-        let _ = link.tx.send(Message::Bitfield(Bytes::copy_from_slice(
-            self.picker.have().as_bytes(),
-        )));
+        let _ = link
+            .tx
+            .send(Message::Bitfield(Bytes::copy_from_slice(self.picker.have().as_bytes())).into());
         self.neighbours.insert(
             peer,
             Neighbour {
@@ -576,7 +600,49 @@ impl Swarm {
         );
     }
 
+    /// Starts serving waiting requests while upload slots are free.
+    fn pump_uploads(&mut self) {
+        let now = tokio::time::Instant::now().into_std();
+        loop {
+            let picker = &self.picker;
+            let Some(w) = self.uploads.next(now, |i| picker.availability(i)) else {
+                return;
+            };
+            let live = self
+                .neighbours
+                .get(&w.peer)
+                .is_some_and(|n| n.link.conn == w.conn);
+            if !live {
+                self.uploads.done();
+                continue;
+            }
+            let slot = UploadSlot::new(self.slot_returns_tx.clone());
+            let storage = self.storage.clone();
+            let tx = self.events_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = storage.read_piece(w.index);
+                let _ = tx.blocking_send(SwarmEvent::PieceRead {
+                    peer: w.peer,
+                    conn: w.conn,
+                    index: w.index,
+                    result,
+                    slot,
+                });
+            });
+        }
+    }
+
+    /// Forgets the requests of `peer` still waiting for an upload slot (choked: SPEC
+    /// A5.4 discards them; gone: nobody to send to).
+    fn cancel_uploads(&mut self, peer: u32) {
+        let cancelled = self.uploads.cancel(peer) as u32;
+        if let Some(n) = self.neighbours.get_mut(&peer) {
+            n.reading = n.reading.saturating_sub(cancelled);
+        }
+    }
+
     fn drop_neighbour(&mut self, peer: u32) {
+        self.cancel_uploads(peer);
         if let Some(n) = self.neighbours.remove(&peer) {
             for i in n.outstanding {
                 self.release(i);
@@ -721,17 +787,13 @@ impl Swarm {
                 }
                 n.reading += 1;
                 let conn = n.link.conn;
-                let storage = self.storage.clone();
-                let tx = self.events_tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let result = storage.read_piece(i);
-                    let _ = tx.blocking_send(SwarmEvent::PieceRead {
-                        peer,
-                        conn,
-                        index: i,
-                        result,
-                    });
+                self.uploads.push(Waiting {
+                    peer,
+                    conn,
+                    index: i,
+                    since: tokio::time::Instant::now().into_std(),
                 });
+                self.pump_uploads();
             }
             Message::Piece { index, data } => {
                 if index >= pieces {
@@ -810,7 +872,7 @@ impl Swarm {
         let ids: Vec<u32> = self.neighbours.keys().copied().collect();
         for &id in &ids {
             if let Some(n) = self.neighbours.get(&id) {
-                let _ = n.link.tx.send(Message::Have(index));
+                let _ = n.link.tx.send(Message::Have(index).into());
             }
             self.update_interest(id);
         }
@@ -856,11 +918,14 @@ impl Swarm {
         let want = have.lacks_any_of(&n.bitfield);
         if want != n.am_interested {
             n.am_interested = want;
-            let _ = n.link.tx.send(if want {
-                Message::Interested
-            } else {
-                Message::NotInterested
-            });
+            let _ = n.link.tx.send(
+                if want {
+                    Message::Interested
+                } else {
+                    Message::NotInterested
+                }
+                .into(),
+            );
         }
     }
 
@@ -925,7 +990,7 @@ impl Swarm {
             };
             self.picker.mark_pending(i);
             n.outstanding.push(i);
-            let _ = n.link.tx.send(Message::Request(i));
+            let _ = n.link.tx.send(Message::Request(i).into());
         }
         if !n.outstanding.is_empty() && n.waiting_since.is_none() {
             n.waiting_since = Some(tokio::time::Instant::now());
@@ -947,7 +1012,7 @@ impl Swarm {
                 &mut self.rng,
             ) {
                 n.outstanding.push(i);
-                let _ = n.link.tx.send(Message::Request(i));
+                let _ = n.link.tx.send(Message::Request(i).into());
                 n.waiting_since
                     .get_or_insert_with(tokio::time::Instant::now);
             }
@@ -998,13 +1063,14 @@ impl Swarm {
             self.log.write(&Log::OptimisticNeighbor(id));
         }
         for id in d.choke {
+            self.cancel_uploads(id);
             if let Some(n) = self.neighbours.get(&id) {
-                let _ = n.link.tx.send(Message::Choke);
+                let _ = n.link.tx.send(Message::Choke.into());
             }
         }
         for id in d.unchoke {
             if let Some(n) = self.neighbours.get(&id) {
-                let _ = n.link.tx.send(Message::Unchoke);
+                let _ = n.link.tx.send(Message::Unchoke.into());
             }
         }
     }

@@ -1,0 +1,208 @@
+//! Upload scheduling: which accepted request a peer serves next, and how many pieces
+//! it sends at once.
+//!
+//! A peer's upload link is shared by every neighbour it serves. Sending to all of
+//! them at once (one TCP flow each) makes every piece arrive late: with 15 requests
+//! queued, each piece takes 15 piece-times to arrive, and a neighbour can relay a
+//! piece only once it has all of it. Serving a few pieces at a time at full speed
+//! delivers the first one after one piece-time instead, so pieces start travelling
+//! on through the swarm sooner -- which is what shortens the end of a distribution.
+//!
+//! Among waiting requests the rarest piece (fewest neighbours have it) goes first:
+//! a piece just injected by a seeder has to reach everyone, one that most already
+//! hold does not hold anybody up. A request that has waited `max_wait` is served
+//! before any fresher one, so common pieces are never starved.
+//!
+//! [`UploadQueue`] is pure logic (no clock of its own, no I/O); [`UploadSlot`] is the
+//! token that travels with a piece to the connection's writer and gives the slot
+//! back when it is dropped, however that happens (sent, connection gone, choked).
+
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// An accepted request waiting for a free upload slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub peer: u32,
+    pub conn: u64,
+    pub index: u32,
+    pub since: Instant,
+}
+
+#[derive(Debug)]
+pub struct UploadQueue {
+    waiting: Vec<Waiting>,
+    busy: usize,
+    slots: usize,
+    max_wait: Duration,
+}
+
+impl UploadQueue {
+    /// `slots` pieces in flight at once (0: no limit, every request is served at once).
+    pub fn new(slots: usize, max_wait: Duration) -> UploadQueue {
+        UploadQueue {
+            waiting: Vec::new(),
+            busy: 0,
+            slots,
+            max_wait,
+        }
+    }
+
+    pub fn push(&mut self, w: Waiting) {
+        self.waiting.push(w);
+    }
+
+    /// Forgets the waiting requests of `peer` (choked or gone); returns how many.
+    pub fn cancel(&mut self, peer: u32) -> usize {
+        let before = self.waiting.len();
+        self.waiting.retain(|w| w.peer != peer);
+        before - self.waiting.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    pub fn busy(&self) -> usize {
+        self.busy
+    }
+
+    /// The request to serve now, if a slot is free: the oldest one that has waited
+    /// `max_wait`, else the rarest (`rarity`: how many neighbours have the piece),
+    /// oldest first among equals. Takes a slot; give it back with [`Self::done`].
+    pub fn next(&mut self, now: Instant, rarity: impl Fn(u32) -> u32) -> Option<Waiting> {
+        if self.waiting.is_empty() || (self.slots > 0 && self.busy >= self.slots) {
+            return None;
+        }
+        let overdue = |w: &Waiting| now.saturating_duration_since(w.since) >= self.max_wait;
+        let pos = match self
+            .waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| overdue(w))
+            .min_by_key(|(_, w)| w.since)
+        {
+            Some((pos, _)) => pos,
+            None => self
+                .waiting
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| (rarity(w.index), w.since))
+                .map(|(pos, _)| pos)?,
+        };
+        self.busy += 1;
+        Some(self.waiting.remove(pos))
+    }
+
+    /// A slot taken by [`Self::next`] is free again.
+    pub fn done(&mut self) {
+        self.busy = self.busy.saturating_sub(1);
+    }
+}
+
+/// Holds one upload slot; dropping it hands the slot back to the swarm actor.
+pub struct UploadSlot {
+    returns: mpsc::UnboundedSender<()>,
+}
+
+impl UploadSlot {
+    pub fn new(returns: mpsc::UnboundedSender<()>) -> UploadSlot {
+        UploadSlot { returns }
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        // The actor may be gone (shutting down); then nobody needs the slot.
+        let _ = self.returns.send(());
+    }
+}
+
+impl std::fmt::Debug for UploadSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UploadSlot")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(peer: u32, index: u32, since: Instant) -> Waiting {
+        Waiting {
+            peer,
+            conn: 1,
+            index,
+            since,
+        }
+    }
+
+    #[test]
+    fn serves_the_rarest_piece_first_and_oldest_among_equals() {
+        let t0 = Instant::now();
+        let mut q = UploadQueue::new(1, Duration::from_secs(5));
+        q.push(w(1, 10, t0));
+        q.push(w(2, 20, t0 + Duration::from_millis(1)));
+        q.push(w(3, 30, t0 + Duration::from_millis(2)));
+        q.push(w(4, 31, t0 + Duration::from_millis(3)));
+        let rarity = |i: u32| if i >= 30 { 0 } else { 3 };
+        let now = t0 + Duration::from_secs(1);
+        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(30));
+        // One slot: nothing more until it is given back.
+        assert_eq!(q.next(now, rarity), None);
+        q.done();
+        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(31));
+        q.done();
+        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(10));
+        q.done();
+        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(20));
+        q.done();
+        assert_eq!(q.next(now, rarity), None);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_request_that_waited_too_long_goes_before_rarer_ones() {
+        let t0 = Instant::now();
+        let mut q = UploadQueue::new(2, Duration::from_secs(5));
+        q.push(w(1, 7, t0));
+        q.push(w(2, 8, t0 + Duration::from_secs(4)));
+        let rarity = |i: u32| if i == 8 { 0 } else { 9 };
+        assert_eq!(
+            q.next(t0 + Duration::from_secs(5), rarity).map(|w| w.index),
+            Some(7)
+        );
+        assert_eq!(
+            q.next(t0 + Duration::from_secs(5), rarity).map(|w| w.index),
+            Some(8)
+        );
+        assert_eq!(q.busy(), 2);
+    }
+
+    #[test]
+    fn cancel_forgets_only_that_peers_requests() {
+        let t0 = Instant::now();
+        let mut q = UploadQueue::new(0, Duration::from_secs(5));
+        q.push(w(1, 1, t0));
+        q.push(w(2, 2, t0));
+        q.push(w(1, 3, t0));
+        assert_eq!(q.cancel(1), 2);
+        assert_eq!(q.len(), 1);
+        // slots = 0: no limit.
+        assert_eq!(q.next(t0, |_| 0).map(|w| w.peer), Some(2));
+        assert_eq!(q.busy(), 1);
+    }
+
+    #[test]
+    fn a_dropped_slot_is_returned() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let slot = UploadSlot::new(tx);
+        assert!(rx.try_recv().is_err());
+        drop(slot);
+        assert!(rx.try_recv().is_ok());
+    }
+}
