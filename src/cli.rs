@@ -66,6 +66,13 @@ pub struct PeerArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub upload_slots: usize,
 
+    /// Upload slots until we have sent one piece per other peer (0: none). At the
+    /// start every downloader is idle until its first piece arrives; served a few at
+    /// a time, the first ones arrive (and are relayed) sooner. Off by default: it
+    /// made no difference measurable above run-to-run noise (bench/RESULTS.md).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub warmup_slots: usize,
+
     /// TCP congestion control of our connections: a name the kernel offers
     /// (net.ipv4.tcp_available_congestion_control), or `system` for the default.
     /// The default, `cubic` (falling back to `reno`), keeps full speed towards peers
@@ -94,6 +101,7 @@ impl PeerArgs {
             upload_limit: self.upload_limit,
             request_timeout: Duration::from_secs(self.request_timeout),
             upload_slots: self.upload_slots,
+            warmup_slots: self.warmup_slots,
             congestion: match self.congestion.as_str() {
                 "system" => Vec::new(),
                 "cubic" => vec!["cubic".into(), "reno".into()],

@@ -45,6 +45,8 @@ pub struct PeerOptions {
     pub request_timeout: Duration,
     /// See [`SwarmOptions::upload_slots`].
     pub upload_slots: usize,
+    /// See [`SwarmOptions::warmup_slots`].
+    pub warmup_slots: usize,
     /// TCP congestion controls to try, in order; empty: the system's.
     pub congestion: Vec<String>,
 }
@@ -210,7 +212,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         limiter,
         upload_rate: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         congestion: opts.congestion.clone(),
-        serialized_uploads: opts.upload_slots > 0,
+        serialized_uploads: opts.upload_slots > 0 || opts.warmup_slots > 0,
     };
     let later: Vec<u32> = config.peers.peers[my_pos + 1..]
         .iter()
@@ -254,6 +256,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         give_up_after: opts.give_up_after,
         request_timeout: opts.request_timeout,
         upload_slots: opts.upload_slots,
+        warmup_slots: opts.warmup_slots,
     };
     let mut swarm = Swarm::new(
         me,

@@ -91,9 +91,17 @@ impl Picker {
 
     /// Sets, per share, the lowest piece index we may fetch from a seeder (missing
     /// shares: no limit). Pieces below it are left to the owner and fetched from it
-    /// once it has them.
+    /// once it has them; the swarm puts it a few requests above the owner's progress,
+    /// or at 0 when the owner is gone or idle.
     pub fn set_share_floor(&mut self, floor: Vec<u32>) {
         self.share_floor = floor;
+    }
+
+    /// Sets the floor of one share (see [`Picker::set_share_floor`]).
+    pub fn set_share_floor_of(&mut self, share: u32, floor: u32) {
+        if let Some(f) = self.share_floor.get_mut(share as usize) {
+            *f = floor;
+        }
     }
 
     /// Rarity key: lower is picked first.
@@ -174,48 +182,78 @@ impl Picker {
         }
     }
 
-    /// Choice when asking a peer listed with `hasFile 1` (default mode with shares);
-    /// falls back to [`Picker::pick`] without shares.
-    pub fn pick_from_seeder<R: Rng>(&self, theirs: &Bitfield, rng: &mut R) -> Option<u32> {
+    /// Choice when asking a peer that has every piece (default mode with shares);
+    /// falls back to [`Picker::pick`] without shares. `complete` is how many connected
+    /// neighbours have every piece: a piece more of them have is also held by a
+    /// downloader, and is fetched from it instead (the seeder's upload is the swarm's
+    /// bottleneck; it should send each piece once).
+    ///
+    /// Our own share comes first, in ascending order. Once all of it is had or asked
+    /// for, we help the owner furthest behind: pieces of its share at or above its
+    /// floor (see [`Picker::set_share_floor`]), taken from the top down while the
+    /// owner works upwards, so the two do not meet. Helpers of the same share take
+    /// disjoint sets of its pieces, since they cannot see each other's requests.
+    pub fn pick_from_seeder<R: Rng>(
+        &self,
+        theirs: &Bitfield,
+        complete: u32,
+        rng: &mut R,
+    ) -> Option<u32> {
         let n = self.have.len();
-        let bytes = theirs.as_bytes().len();
-        if self.partition.is_none() || self.strategy != Strategy::RarestFirst {
+        let Some((slot, of)) = self
+            .partition
+            .filter(|_| self.strategy == Strategy::RarestFirst)
+        else {
             return self.pick(theirs, rng);
-        }
-        if bytes == 0 || theirs.len() != n {
+        };
+        if theirs.len() != n {
             return None;
         }
-        let candidates = |b: usize| {
-            theirs.as_bytes()[b] & !self.have.as_bytes()[b] & !self.pending.as_bytes()[b]
+        let wanted = |i: u32| {
+            theirs.has(i)
+                && !self.have.has(i)
+                && !self.pending.has(i)
+                && self.availability(i) <= complete
         };
-
-        // Asking a seeder: our own share first (the rarest of it first, then in
-        // ascending order); others' shares only where share_floor allows. Duplicates
-        // from a seeder cost the swarm's scarcest upload.
-        let mut best = Lowest::default();
-        for b in 0..bytes {
-            let mut m = candidates(b);
-            while m != 0 {
-                let bit = m.leading_zeros();
-                m &= !(0x80 >> bit);
-                let i = b as u32 * 8 + bit;
-                let (avail, foreign) = self.key(i);
-                if foreign
-                    && self.partition.is_some_and(|(_, of)| {
-                        self.share_floor
-                            .get((i % of) as usize)
-                            .is_some_and(|&f| i < f)
-                    })
-                {
-                    continue;
-                }
-                // Own share: in ascending order. Others' shares: equally ranked (the
-                // tie is broken at random below), so that several helpers spread over
-                // the pieces instead of all asking for the same one.
-                best.offer((foreign, avail, if foreign { 0 } else { i }), i, rng);
+        let mut i = slot;
+        while i < n {
+            if wanted(i) {
+                return Some(i);
+            }
+            i += of;
+        }
+        let floor = |s: u32| self.share_floor.get(s as usize).copied().unwrap_or(0);
+        let mut count = vec![0u32; of as usize];
+        for i in 0..n {
+            let s = i % of;
+            if s != slot && i >= floor(s) && wanted(i) {
+                count[s as usize] += 1;
             }
         }
-        best.index()
+        // The share with the most pieces left first; among equals the one after ours
+        // in PeerInfo.cfg order. Helpers cannot see each other's requests, so each
+        // takes only its own positions in the share: counted from the top, those
+        // congruent to its rank q (its distance from the owner) modulo the number of
+        // helpers, D - 1. Two helpers never ask for the same piece.
+        let distance = |s: u32| (s + of - slot) % of;
+        let mut shares: Vec<u32> = (0..of).filter(|&s| count[s as usize] > 0).collect();
+        shares.sort_by_key(|&s| (std::cmp::Reverse(count[s as usize]), distance(s)));
+        let helpers = u64::from(of - 1);
+        for share in shares {
+            let q = u64::from((slot + of - share) % of); // 1..=D-1
+            let top = u64::from(share + (n - 1 - share) / of * of);
+            let mut pos = q - 1;
+            while let Some(i) = top.checked_sub(pos * u64::from(of)) {
+                if i < u64::from(floor(share)) {
+                    break;
+                }
+                if wanted(i as u32) {
+                    return Some(i as u32);
+                }
+                pos += helpers;
+            }
+        }
+        None
     }
 
     /// Endgame: a piece `theirs` has that we lack and that is already requested from
@@ -374,52 +412,99 @@ mod tests {
         assert_eq!(q.pick(&Bitfield::full(8), &mut rng).map(|i| i % 2), Some(1));
     }
 
-    #[test]
-    fn from_a_seeder_own_share_comes_first_in_order() {
-        let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
-        p.set_partition(0, 3);
-        p.add_peer(&Bitfield::full(12));
+    /// Everything `p` would request from a seeder, in order (one seeder connected).
+    fn drain_from_seeder(p: &mut Picker) -> Vec<u32> {
         let mut rng = StdRng::seed_from_u64(9);
         let mut order = Vec::new();
-        while let Some(i) = p.pick_from_seeder(&Bitfield::full(12), &mut rng) {
+        while let Some(i) = p.pick_from_seeder(&Bitfield::full(p.have().len()), 1, &mut rng) {
             p.mark_pending(i);
             order.push(i);
         }
+        order
+    }
+
+    fn sharer(slot: u32, of: u32, n: u32) -> Picker {
+        let mut p = Picker::new(Bitfield::new(n), Strategy::RarestFirst);
+        p.set_partition(slot, of);
+        p.set_share_floor(vec![0; of as usize]);
+        p.add_peer(&Bitfield::full(n));
+        p
+    }
+
+    #[test]
+    fn from_a_seeder_own_share_comes_first_in_order() {
+        let mut p = sharer(0, 3, 12);
+        let order = drain_from_seeder(&mut p);
         assert_eq!(order[..4], [0, 3, 6, 9]);
-        let mut rest = order[4..].to_vec();
-        rest.sort();
-        assert_eq!(rest, vec![1, 2, 4, 5, 7, 8, 10, 11]);
-        // Helpers spread over another share instead of all taking the same piece.
-        let mut firsts = std::collections::BTreeSet::new();
-        for seed in 0..40 {
-            let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
-            p.set_partition(0, 3);
-            p.add_peer(&Bitfield::full(12));
-            for i in [0, 3, 6, 9] {
+        // Then its positions in the other shares (the other helper has the rest),
+        // from the top, alternating between the shares with the most left.
+        assert_eq!(order[4..], [7, 11, 1, 5]);
+        let mut q = sharer(2, 3, 12);
+        let theirs = drain_from_seeder(&mut q);
+        assert_eq!(theirs[..4], [2, 5, 8, 11]);
+        // The two helpers of share 1 (pieces 1, 4, 7, 10) split it between them.
+        let mut share1: Vec<u32> = order[4..]
+            .iter()
+            .chain(&theirs[4..])
+            .copied()
+            .filter(|i| i % 3 == 1)
+            .collect();
+        share1.sort();
+        assert_eq!(share1, vec![1, 4, 7, 10], "helpers overlap or leave gaps");
+    }
+
+    #[test]
+    fn helpers_take_others_shares_from_the_top_and_not_the_same_piece() {
+        // Share 1 (pieces 1, 4, 7, 10) is the furthest behind. Its helpers are the
+        // owners of shares 0 and 2; each takes a different piece from its top.
+        let mut firsts = Vec::new();
+        for slot in [0, 2] {
+            let mut p = sharer(slot, 3, 12);
+            for i in (0..12).filter(|i| i % 3 != 1) {
                 p.complete(i);
             }
-            let mut rng = StdRng::seed_from_u64(seed);
-            firsts.insert(p.pick_from_seeder(&Bitfield::full(12), &mut rng).unwrap());
+            let mut rng = StdRng::seed_from_u64(1);
+            firsts.push(p.pick_from_seeder(&Bitfield::full(12), 1, &mut rng));
         }
-        assert!(firsts.len() >= 4, "{firsts:?}");
-        // Share 1's owner is at work below piece 7: only 7 and 10 of it may be taken.
-        let mut p = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
-        p.set_partition(0, 3);
+        assert_eq!(firsts, vec![Some(7), Some(10)]);
+        // The owner of share 1 is at work below piece 7: only 7 and 10 may be taken.
+        let mut p = sharer(0, 3, 12);
         p.set_share_floor(vec![0, 7, 0]);
-        p.add_peer(&Bitfield::full(12));
-        let mut order = Vec::new();
-        while let Some(i) = p.pick_from_seeder(&Bitfield::full(12), &mut rng) {
-            p.mark_pending(i);
-            order.push(i);
-        }
+        let mut order = drain_from_seeder(&mut p);
         order.sort();
-        assert_eq!(order, vec![0, 2, 3, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(order, vec![0, 3, 5, 6, 7, 9, 11]);
+        // Of two shares, the one with more pieces left is helped first.
+        let mut p = sharer(0, 3, 12);
+        for i in [0, 3, 6, 9, 2, 5] {
+            p.complete(i);
+        }
+        assert_eq!(drain_from_seeder(&mut p)[0] % 3, 1);
+    }
+
+    #[test]
+    fn from_a_seeder_skips_pieces_a_downloader_has() {
+        let mut p = sharer(0, 3, 12);
+        // A downloader (not complete) has pieces 3 and 4: fetch them from it.
+        p.add_peer(&bf(12, &[3, 4]));
+        let order = drain_from_seeder(&mut p);
+        assert_eq!(order, vec![0, 6, 9, 11, 7, 5, 1]);
+        // Counted as complete (a second seeder), it does not hide them.
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut q = sharer(0, 3, 12);
+        q.add_peer(&Bitfield::full(12));
+        assert_eq!(
+            q.pick_from_seeder(&Bitfield::full(12), 2, &mut rng),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_finished_downloader_is_asked_for_any_piece() {
         // A downloader that finished is not a seeder: its shares are all open to us
         // (regression: treating it as one left share pieces unrequestable forever).
-        let mut q = Picker::new(Bitfield::new(12), Strategy::RarestFirst);
-        q.set_partition(0, 3);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut q = sharer(0, 3, 12);
         q.set_share_floor(vec![12, 12, 12]);
-        q.add_peer(&Bitfield::full(12));
         let mut got = Vec::new();
         while let Some(i) = q.pick(&Bitfield::full(12), &mut rng) {
             q.mark_pending(i);
@@ -427,7 +512,7 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, (0..12).collect::<Vec<_>>());
-        assert_eq!(q.pick_from_seeder(&Bitfield::full(12), &mut rng), None);
+        assert_eq!(q.pick_from_seeder(&Bitfield::full(12), 1, &mut rng), None);
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct SwarmOptions {
     pub request_timeout: Duration,
     /// Pieces uploaded at once (0: no limit); see `upload.rs`.
     pub upload_slots: usize,
+    /// Slots while warming up: until we have sent as many pieces as there are other
+    /// peers (0: no warm-up).
+    pub warmup_slots: usize,
 }
 
 /// A request waiting this long for an upload slot goes before rarer pieces.
@@ -174,6 +177,8 @@ pub struct Swarm {
     listener: Option<tokio::task::AbortHandle>,
     /// Accepted requests waiting for an upload slot.
     uploads: UploadQueue,
+    /// Pieces we have started uploading (ends the warm-up).
+    uploads_started: usize,
     slot_returns_tx: mpsc::UnboundedSender<()>,
     slot_returns: mpsc::UnboundedReceiver<()>,
 }
@@ -224,7 +229,15 @@ impl Swarm {
         };
         let (slot_returns_tx, slot_returns) = mpsc::unbounded_channel();
         Swarm {
-            uploads: UploadQueue::new(opts.upload_slots, UPLOAD_MAX_WAIT),
+            uploads: UploadQueue::new(
+                if opts.warmup_slots > 0 {
+                    opts.warmup_slots
+                } else {
+                    opts.upload_slots
+                },
+                UPLOAD_MAX_WAIT,
+            ),
+            uploads_started: 0,
             slot_returns_tx,
             slot_returns,
             me,
@@ -310,38 +323,50 @@ impl Swarm {
                 .all(|p| self.known_complete.contains(&p.id))
     }
 
-    /// For each downloader's share, whether we may fetch it from a seeder: only when
-    /// its owner is not visibly at work on it (not connected to us, or no `have` of a
-    /// piece of its share for a few seconds -- a seeder that keeps it choked, say). An active owner
-    /// gets its share from the seeder at full speed anyway, since the seeder's upload
-    /// flows to whoever has requests, and helping it would send pieces twice (the
-    /// helpers cannot see each other's requests).
+    /// For each downloader's share, from which piece up we may fetch it from a seeder
+    /// (see [`Picker::pick_from_seeder`]): anything when its owner is not connected to
+    /// us or shows no progress on it for a while (a seeder that keeps it choked, say);
+    /// otherwise only pieces a few requests above the owner's lowest missing one, so
+    /// that helping never races the owner for the same piece.
     fn update_share_floors(&mut self) {
-        let n = self.pieces();
-        // An owner gets about 1/D of the seeder's upload, so the gap between pieces of
-        // its share grows with D: judge it idle only after several such gaps.
-        let recent =
-            Duration::from_millis(500 * self.downloaders.len() as u64).max(Duration::from_secs(3));
-        let floors = self
-            .downloaders
-            .iter()
-            .map(|id| {
-                let active = self.neighbours.get(id).is_some_and(|o| {
-                    !o.bitfield.is_complete() && o.last_have.is_some_and(|t| t.elapsed() < recent)
-                });
-                if active {
-                    n
-                } else {
-                    0
-                }
-            })
+        let floors = (0..self.downloaders.len())
+            .map(|s| self.share_floor(s as u32))
             .collect();
         self.picker.set_share_floor(floors);
-        // A share whose owner went quiet may now be fetched from a seeder.
+        // A share whose owner went quiet or moved on may now be fetched from a seeder.
         let ids: Vec<u32> = self.neighbours.keys().copied().collect();
         for id in ids {
             self.fill_requests(id);
         }
+    }
+
+    fn share_floor(&self, share: u32) -> u32 {
+        let n = self.pieces();
+        let of = self.downloaders.len() as u32;
+        // An owner gets about 1/D of the seeder's upload, so the gap between pieces of
+        // its share grows with D: judge it idle only after several such gaps.
+        let recent = Duration::from_millis(500 * of as u64).max(Duration::from_secs(3));
+        let Some(owner) = self
+            .downloaders
+            .get(share as usize)
+            .and_then(|id| self.neighbours.get(id))
+        else {
+            return 0;
+        };
+        if owner.bitfield.is_complete() {
+            return n;
+        }
+        if owner.last_have.is_none_or(|t| t.elapsed() >= recent) {
+            return 0;
+        }
+        // The owner asks a seeder for its share in ascending order, at most
+        // `2 * pipeline_depth` requests ahead of its lowest missing piece.
+        let mut frontier = share;
+        while frontier < n && owner.bitfield.has(frontier) {
+            frontier += of;
+        }
+        let margin = 2 * self.opts.pipeline_depth.max(1) as u32 + 2;
+        frontier.saturating_add(margin.saturating_mul(of)).min(n)
     }
 
     /// Closes connections that hold requested pieces without delivering them (a peer
@@ -616,6 +641,15 @@ impl Swarm {
                 self.uploads.done();
                 continue;
             }
+            // Warm-up: at the start every downloader is idle until its first piece
+            // arrives. Sent to all at once (one flow each) the first pieces arrive
+            // together, late, after a burst of losses as every flow starts up at
+            // once; a few at a time at full speed, the first downloaders can relay
+            // almost at once. Measured in bench/RESULTS.md.
+            self.uploads_started += 1;
+            if self.uploads_started == self.config.peers.peers.len().saturating_sub(1) {
+                self.uploads.set_slots(self.opts.upload_slots);
+            }
             let slot = UploadSlot::new(self.slot_returns_tx.clone());
             let storage = self.storage.clone();
             let tx = self.events_tx.clone();
@@ -719,7 +753,8 @@ impl Swarm {
                 let owns = self.downloaders.len() as u32;
                 let slot = self.downloaders.iter().position(|&d| d == peer);
                 let n = self.neighbour(peer)?;
-                if slot.is_some_and(|s| owns > 0 && i % owns == s as u32) {
+                let own_share = slot.is_some_and(|s| owns > 0 && i % owns == s as u32);
+                if own_share {
                     n.last_have = Some(tokio::time::Instant::now());
                 }
                 if n.bitfield.set(i) {
@@ -729,6 +764,11 @@ impl Swarm {
                         self.known_complete.insert(peer);
                     }
                     self.last_progress = tokio::time::Instant::now();
+                }
+                if own_share {
+                    let share = i % owns;
+                    let floor = self.share_floor(share);
+                    self.picker.set_share_floor_of(share, floor);
                 }
                 self.update_interest(peer);
                 self.fill_requests(peer);
@@ -965,6 +1005,14 @@ impl Swarm {
     }
 
     fn request_more(&mut self, peer: u32, seeder: bool, hidden: &[u32]) {
+        let complete = if seeder {
+            self.neighbours
+                .values()
+                .filter(|n| n.bitfield.is_complete())
+                .count() as u32
+        } else {
+            0
+        };
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return;
         };
@@ -981,7 +1029,8 @@ impl Swarm {
         };
         while n.outstanding.len() < depth {
             let choice = if seeder {
-                self.picker.pick_from_seeder(&n.bitfield, &mut self.rng)
+                self.picker
+                    .pick_from_seeder(&n.bitfield, complete, &mut self.rng)
             } else {
                 self.picker.pick(&n.bitfield, &mut self.rng)
             };

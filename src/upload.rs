@@ -67,6 +67,11 @@ impl UploadQueue {
         self.waiting.is_empty()
     }
 
+    /// Changes the number of slots (0: no limit); pieces in flight keep theirs.
+    pub fn set_slots(&mut self, slots: usize) {
+        self.slots = slots;
+    }
+
     pub fn busy(&self) -> usize {
         self.busy
     }
