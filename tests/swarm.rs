@@ -89,6 +89,24 @@ fn six_peers_two_seeders_strict_mode() {
     run_swarm(spec, |_| limited(PeerOpts::strict(true)));
 }
 
+/// Uploads one piece at a time, rarest first (`--upload-slots 1`, warm-up 2): with
+/// k = 2 neighbours are choked while their requests wait for the slot, so waiting
+/// requests are cancelled and slots handed back on every path; a slot that leaked
+/// would stop a peer's uploads and the swarm would not finish.
+#[test]
+fn six_peers_one_upload_slot_each() {
+    let spec = six_peer_spec(vec![0]);
+    run_swarm(spec, |_| {
+        let mut opts = limited(PeerOpts::default());
+        opts.extra.extend(
+            ["--upload-slots", "1", "--warmup-slots", "2"]
+                .into_iter()
+                .map(String::from),
+        );
+        opts
+    });
+}
+
 /// Strict and default peers alternate (so some connections negotiate pipelining and
 /// some are plain); the two binaries and `--dir` alternate too; IDs are not
 /// consecutive.
