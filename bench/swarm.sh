@@ -12,6 +12,8 @@ usage: bench/swarm.sh [options]
   --runs K              runs per (client, N), clients interleaved; default 3
   --size 64MiB          payload size (swarm-bench --size); default 64MiB
   --rate 20mbit         upload cap of every host (swarm-bench up --rate); default 20mbit
+  --seed-rate R         the seeder's upload cap instead (heterogeneous caps)
+  --down-rate R         download cap of every host (default: none)
   --clients "..."       any of: p2pshare p2pshare-strict aria2 libtorrent http
                         default "p2pshare p2pshare-strict aria2 libtorrent"
   --k K                 NumberOfPreferredNeighbors; default N (every neighbour unchoked)
@@ -33,7 +35,7 @@ usage: bench/swarm.sh [options]
 EOF
 }
 
-NS_LIST="4 8 16" RUNS=3 SIZE=64MiB RATE=20mbit
+NS_LIST="4 8 16" RUNS=3 SIZE=64MiB RATE=20mbit SEED_RATE="" DOWN_RATE=""
 CLIENTS="p2pshare p2pshare-strict aria2 libtorrent"
 K="" UNCHOKE=1 OPTIMISTIC=2 PIECE=256KiB PDEPTH="" P2P_ARGS="" TAG="" PORT=7000
 TIMEOUT="" QUIET_WAIT="" JSON="" KEEP="" FORCE="" NO_INSTALL="" VERBOSE=""
@@ -43,6 +45,8 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift ;;
     --size) SIZE=$2; shift ;;
     --rate) RATE=$2; shift ;;
+    --seed-rate) SEED_RATE=$2; shift ;;
+    --down-rate) DOWN_RATE=$2; shift ;;
     --clients) CLIENTS=$2; shift ;;
     --k) K=$2; shift ;;
     --unchoke) UNCHOKE=$2; shift ;;
@@ -134,8 +138,11 @@ run_client() { # client N run
 
 FAILS=0
 for n in $NS_LIST; do
-  echo "== N=$n: swarm-bench up $n --rate $RATE" >&2
-  "$SB" up "$n" --rate "$RATE" || { echo "swarm-bench up failed" >&2; exit 1; }
+  echo "== N=$n: swarm-bench up $n --rate $RATE ${SEED_RATE:+--seed-rate $SEED_RATE} ${DOWN_RATE:+--down-rate $DOWN_RATE}" >&2
+  up_args=(--rate "$RATE")
+  [ -n "$SEED_RATE" ] && up_args+=(--seed-rate "$SEED_RATE")
+  [ -n "$DOWN_RATE" ] && up_args+=(--down-rate "$DOWN_RATE")
+  "$SB" up "$n" "${up_args[@]}" || { echo "swarm-bench up failed" >&2; exit 1; }
   UP=1
   for ((r = 1; r <= RUNS; r++)); do
     for c in $CLIENTS; do

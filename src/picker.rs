@@ -193,6 +193,7 @@ impl Picker {
     /// floor (see [`Picker::set_share_floor`]), taken from the top down while the
     /// owner works upwards, so the two do not meet. Helpers of the same share take
     /// disjoint sets of its pieces, since they cannot see each other's requests.
+    /// Once every piece has left the seeder, the rarest piece downloaders hold.
     pub fn pick_from_seeder<R: Rng>(
         &self,
         theirs: &Bitfield,
@@ -253,7 +254,25 @@ impl Picker {
                 pos += helpers;
             }
         }
-        None
+        // Once every piece has left the seeder (we have it or a downloader does), its
+        // upload would idle while downloaders relay -- for seconds at the end of a
+        // run, or for most of it when the seeder is faster than the swarm needs. Ask
+        // it then, like anyone, for the rarest pieces downloaders hold. Not before:
+        // those requests would compete with the unique pieces still going out.
+        if (0..n).any(|i| !self.have.has(i) && self.availability(i) <= complete) {
+            return None;
+        }
+        let mut best = Lowest::default();
+        for i in 0..n {
+            if theirs.has(i)
+                && !self.have.has(i)
+                && !self.pending.has(i)
+                && self.availability(i) > complete
+            {
+                best.offer(self.availability(i), i, rng);
+            }
+        }
+        best.index()
     }
 
     /// Endgame: a piece `theirs` has that we lack and that is already requested from
@@ -487,7 +506,19 @@ mod tests {
         // A downloader (not complete) has pieces 3 and 4: fetch them from it.
         p.add_peer(&bf(12, &[3, 4]));
         let order = drain_from_seeder(&mut p);
-        assert_eq!(order, vec![0, 6, 9, 11, 7, 5, 1]);
+        assert_eq!(order, [0, 6, 9, 11, 7, 5, 1]);
+        // Once every piece has left the seeder, the rarest ones downloaders hold.
+        let mut p = sharer(0, 3, 12);
+        p.add_peer(&bf(12, &[1, 2, 3, 4, 5, 7, 8, 10, 11]));
+        p.add_peer(&bf(12, &[1, 2, 4]));
+        for i in [0, 6, 9] {
+            p.complete(i);
+        }
+        let order = drain_from_seeder(&mut p);
+        assert_eq!(order.len(), 9);
+        let mut rarest = order[..6].to_vec();
+        rarest.sort();
+        assert_eq!(rarest, vec![3, 5, 7, 8, 10, 11]);
         // Counted as complete (a second seeder), it does not hide them.
         let mut rng = StdRng::seed_from_u64(0);
         let mut q = sharer(0, 3, 12);
