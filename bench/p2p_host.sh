@@ -57,8 +57,17 @@ ln -sfn . "peer_$id"
 # Every host hashes the seeder's payload into the same manifest, so pieces are
 # verified (BLAKE3) as they arrive -- the fair comparison with BitTorrent's SHA-1.
 # P2P_NO_MANIFEST=1 skips it.
+# The seeder's host makes it before it starts listening; downloaders (started once the
+# seeder listens) copy it, as an operator ships it with the configs -- hashing 64 MiB
+# on every host at once would put N hashes of the file inside the measured time
+# (BitTorrent clients get a .torrent made beforehand too).
 if [ -z "${P2P_NO_MANIFEST:-}" ]; then
-  "$(dirname "$bin")/p2pshare" manifest --dir "$dir" "$file" >/dev/null || die "manifest failed"
+  shipped="$(dirname "$file")/$name.p2pmanifest"
+  if [ "$i" -ne 0 ] && [ -s "$shipped" ]; then
+    cp "$shipped" "$dir/$name.p2pmanifest" || die "cannot copy $shipped"
+  else
+    "$(dirname "$bin")/p2pshare" manifest --dir "$dir" "$file" >/dev/null || die "manifest failed"
+  fi
 fi
 
 if [ "$i" -eq 0 ]; then
