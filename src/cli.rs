@@ -31,7 +31,8 @@ pub struct PeerArgs {
 
     /// Outstanding requests per connection with peers that negotiated pipelining
     /// (ignored with --strict and towards plain peers, which get exactly one)
-    /// [default: enough pieces for 512 KiB in flight, 2 to 64].
+    /// [default: enough pieces for 256 KiB in flight, 1 to 64; twice that towards
+    /// peers listed with the file].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub pipeline_depth: Option<u16>,
 

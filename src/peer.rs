@@ -29,7 +29,7 @@ pub struct PeerOptions {
     pub connect_timeout: Duration,
     /// How long a new connection may take to complete its handshake.
     pub handshake_timeout: Duration,
-    /// `None`: sized to keep about 512 KiB in flight per connection.
+    /// `None`: sized to keep about 256 KiB in flight per connection.
     pub pipeline_depth: Option<usize>,
     /// Seed of the peer's RNG (piece and neighbour choice); random when `None`.
     pub seed: Option<u64>,
@@ -242,12 +242,14 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         connector(earlier.id, Duration::ZERO);
     }
 
-    // Deep enough to cover the bandwidth-delay product, shallow enough that a
-    // neighbour's upload queue does not delay the last pieces (measured: 2 beats 4 and
-    // 8 at 256 KiB pieces behind 20 mbit caps, see bench/RESULTS.md).
+    // Deep enough to cover the bandwidth-delay product, shallow enough that requests
+    // do not queue up at a neighbour that serves many: a piece asked for waits behind
+    // every request queued there, and relayed pieces should travel on at once.
+    // Measured at 256 KiB pieces behind 20 mbit caps (bench/RESULTS.md): 1 (2 towards
+    // seeders) beat 2 at N = 8 and 16 and tied at N = 4; under BBR 2 had beaten 4 and 8.
     let depth = opts
         .pipeline_depth
-        .unwrap_or_else(|| ((512 * 1024) / common.piece_size as usize).clamp(2, 64));
+        .unwrap_or_else(|| ((256 * 1024) / common.piece_size as usize).clamp(1, 64));
     let swarm_opts = SwarmOptions {
         strict: opts.strict,
         pipeline_depth: depth,
