@@ -183,10 +183,10 @@ impl Picker {
     }
 
     /// Choice when asking a peer that has every piece (default mode with shares);
-    /// falls back to [`Picker::pick`] without shares. `complete` is how many connected
-    /// neighbours have every piece: a piece more of them have is also held by a
-    /// downloader, and is fetched from it instead (the seeder's upload is the swarm's
-    /// bottleneck; it should send each piece once).
+    /// falls back to [`Picker::pick`] without shares. `elsewhere` (wire bit order) marks
+    /// pieces a downloader that unchokes us holds: those are fetched from it instead
+    /// (the seeder's upload is the swarm's bottleneck; it should send each piece once).
+    /// `complete` is how many connected neighbours have every piece.
     ///
     /// Our own share comes first, in ascending order. Once all of it is had or asked
     /// for, we help the owner furthest behind: pieces of its share at or above its
@@ -197,10 +197,16 @@ impl Picker {
     pub fn pick_from_seeder<R: Rng>(
         &self,
         theirs: &Bitfield,
+        elsewhere: &[u8],
         complete: u32,
         rng: &mut R,
     ) -> Option<u32> {
         let n = self.have.len();
+        let held = |i: u32| {
+            elsewhere
+                .get((i / 8) as usize)
+                .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+        };
         let Some((slot, of)) = self
             .partition
             .filter(|_| self.strategy == Strategy::RarestFirst)
@@ -210,12 +216,8 @@ impl Picker {
         if theirs.len() != n {
             return None;
         }
-        let wanted = |i: u32| {
-            theirs.has(i)
-                && !self.have.has(i)
-                && !self.pending.has(i)
-                && self.availability(i) <= complete
-        };
+        let wanted =
+            |i: u32| theirs.has(i) && !self.have.has(i) && !self.pending.has(i) && !held(i);
         let mut i = slot;
         while i < n {
             if wanted(i) {
@@ -431,11 +433,19 @@ mod tests {
         assert_eq!(q.pick(&Bitfield::full(8), &mut rng).map(|i| i % 2), Some(1));
     }
 
-    /// Everything `p` would request from a seeder, in order (one seeder connected).
+    /// Everything `p` would request from a seeder, in order (one seeder connected;
+    /// every neighbour unchokes us, so what downloaders hold is `p`'s availability
+    /// above 1).
     fn drain_from_seeder(p: &mut Picker) -> Vec<u32> {
         let mut rng = StdRng::seed_from_u64(9);
+        let n = p.have().len();
+        let mut held = vec![0u8; n.div_ceil(8) as usize];
+        for i in (0..n).filter(|&i| p.availability(i) > 1) {
+            held[(i / 8) as usize] |= 0x80 >> (i % 8);
+        }
         let mut order = Vec::new();
-        while let Some(i) = p.pick_from_seeder(&Bitfield::full(p.have().len()), 1, &mut rng) {
+        while let Some(i) = p.pick_from_seeder(&Bitfield::full(p.have().len()), &held, 1, &mut rng)
+        {
             p.mark_pending(i);
             order.push(i);
         }
@@ -483,7 +493,7 @@ mod tests {
                 p.complete(i);
             }
             let mut rng = StdRng::seed_from_u64(1);
-            firsts.push(p.pick_from_seeder(&Bitfield::full(12), 1, &mut rng));
+            firsts.push(p.pick_from_seeder(&Bitfield::full(12), &[0, 0], 1, &mut rng));
         }
         assert_eq!(firsts, vec![Some(7), Some(10)]);
         // The owner of share 1 is at work below piece 7: only 7 and 10 may be taken.
@@ -524,7 +534,7 @@ mod tests {
         let mut q = sharer(0, 3, 12);
         q.add_peer(&Bitfield::full(12));
         assert_eq!(
-            q.pick_from_seeder(&Bitfield::full(12), 2, &mut rng),
+            q.pick_from_seeder(&Bitfield::full(12), &[0, 0], 2, &mut rng),
             Some(0)
         );
     }
@@ -543,7 +553,10 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, (0..12).collect::<Vec<_>>());
-        assert_eq!(q.pick_from_seeder(&Bitfield::full(12), 1, &mut rng), None);
+        assert_eq!(
+            q.pick_from_seeder(&Bitfield::full(12), &[0, 0], 1, &mut rng),
+            None
+        );
     }
 
     #[test]

@@ -1005,14 +1005,23 @@ impl Swarm {
     }
 
     fn request_more(&mut self, peer: u32, seeder: bool, hidden: &[u32]) {
-        let complete = if seeder {
-            self.neighbours
-                .values()
-                .filter(|n| n.bitfield.is_complete())
-                .count() as u32
-        } else {
-            0
-        };
+        // Pieces we can get from a downloader that unchokes us now: not asked of a
+        // seeder. One that chokes us does not count (small k: waiting for it to
+        // unchoke us stalled a loopback swarm for seconds).
+        let mut elsewhere = Vec::new();
+        let mut complete = 0;
+        if seeder {
+            elsewhere = vec![0u8; self.pieces().div_ceil(8) as usize];
+            for (&id, o) in &self.neighbours {
+                if o.bitfield.is_complete() {
+                    complete += 1;
+                } else if id != peer && !o.peer_choking {
+                    for (e, b) in elsewhere.iter_mut().zip(o.bitfield.as_bytes()) {
+                        *e |= b;
+                    }
+                }
+            }
+        }
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return;
         };
@@ -1030,7 +1039,7 @@ impl Swarm {
         while n.outstanding.len() < depth {
             let choice = if seeder {
                 self.picker
-                    .pick_from_seeder(&n.bitfield, complete, &mut self.rng)
+                    .pick_from_seeder(&n.bitfield, &elsewhere, complete, &mut self.rng)
             } else {
                 self.picker.pick(&n.bitfield, &mut self.rng)
             };
