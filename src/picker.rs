@@ -67,6 +67,9 @@ pub struct Picker {
     /// its share in ascending order, so pieces far above its next few are safe to
     /// take without racing it.
     share_floor: Vec<u32>,
+    /// Per downloader (PeerInfo.cfg order): whether a seeder serves it now, so that it
+    /// takes its part of the helper positions (empty: all are).
+    active: Vec<bool>,
 }
 
 impl Picker {
@@ -79,6 +82,7 @@ impl Picker {
             strategy,
             partition: None,
             share_floor: Vec::new(),
+            active: Vec::new(),
         }
     }
 
@@ -101,6 +105,18 @@ impl Picker {
     pub fn set_share_floor_of(&mut self, share: u32, floor: u32) {
         if let Some(f) = self.share_floor.get_mut(share as usize) {
             *f = floor;
+        }
+    }
+
+    /// Which downloaders a seeder serves now (see [`Picker::pick_from_seeder`]).
+    pub fn set_active(&mut self, active: Vec<bool>) {
+        self.active = active;
+    }
+
+    /// Marks one downloader as served by a seeder now, or not.
+    pub fn set_active_of(&mut self, slot: u32, active: bool) {
+        if let Some(a) = self.active.get_mut(slot as usize) {
+            *a = active;
         }
     }
 
@@ -236,17 +252,33 @@ impl Picker {
         // The share with the most pieces left first; among equals the one after ours
         // in PeerInfo.cfg order. Helpers cannot see each other's requests, so each
         // takes only its own positions in the share: counted from the top, those
-        // congruent to its rank q (its distance from the owner) modulo the number of
-        // helpers, D - 1. Two helpers never ask for the same piece.
+        // congruent to its rank r among the helpers a seeder serves now (ordered by
+        // their distance from the owner) modulo their number h. Two helpers that agree
+        // on who is served never ask for the same piece; one the seeder chokes leaves
+        // its positions to the others instead of holding them.
         let distance = |s: u32| (s + of - slot) % of;
         let mut shares: Vec<u32> = (0..of).filter(|&s| count[s as usize] > 0).collect();
         shares.sort_by_key(|&s| (std::cmp::Reverse(count[s as usize]), distance(s)));
-        let helpers = u64::from(of - 1);
-        for share in shares {
-            let q = u64::from((slot + of - share) % of); // 1..=D-1
+        let active = |t: u32| t == slot || self.active.get(t as usize).copied().unwrap_or(true);
+        let of64 = u64::from(of);
+        let rank = |share: u32| {
+            let mine = (slot + of - share) % of; // 1..=D-1
+            let (mut r, mut h) = (0u64, 0u64);
+            for q in 1..of {
+                if active((share + q) % of) {
+                    h += 1;
+                    if q < mine {
+                        r += 1;
+                    }
+                }
+            }
+            (r, h.max(1))
+        };
+        for &share in &shares {
+            let (r, helpers) = rank(share);
             let top = u64::from(share + (n - 1 - share) / of * of);
-            let mut pos = q - 1;
-            while let Some(i) = top.checked_sub(pos * u64::from(of)) {
+            let mut pos = r;
+            while let Some(i) = top.checked_sub(pos * of64) {
                 if i < u64::from(floor(share)) {
                     break;
                 }
@@ -254,6 +286,36 @@ impl Picker {
                     return Some(i as u32);
                 }
                 pos += helpers;
+            }
+        }
+        // Our positions are all taken: the next helper's may not be (it is slower, or
+        // a seeder just choked it). Take them from the bottom up while it works from
+        // the top down, so the two meet once; each set of positions has at most these
+        // two takers.
+        for &share in &shares {
+            let (r, helpers) = rank(share);
+            if helpers < 2 {
+                continue;
+            }
+            let next = (r + 1) % helpers; // the next helper's first position
+            let top = u64::from(share + (n - 1 - share) / of * of);
+            let lowest = u64::from(floor(share).max(share));
+            if top < lowest {
+                continue;
+            }
+            let highest = (top - lowest) / of64;
+            let Some(mut pos) = highest.checked_sub((highest + helpers - next) % helpers) else {
+                continue;
+            };
+            loop {
+                let i = top - pos * of64;
+                if wanted(i as u32) {
+                    return Some(i as u32);
+                }
+                match pos.checked_sub(helpers) {
+                    Some(p) => pos = p,
+                    None => break,
+                }
             }
         }
         // Once every piece has left the seeder (we have it or a downloader does), its
@@ -467,19 +529,38 @@ mod tests {
         assert_eq!(order[..4], [0, 3, 6, 9]);
         // Then its positions in the other shares (the other helper has the rest),
         // from the top, alternating between the shares with the most left.
-        assert_eq!(order[4..], [7, 11, 1, 5]);
+        assert_eq!(order[4..8], [7, 11, 1, 5]);
+        // Then the other helper's positions, from the bottom up (it works down).
+        assert_eq!(order[8..], [4, 2, 10, 8]);
         let mut q = sharer(2, 3, 12);
         let theirs = drain_from_seeder(&mut q);
         assert_eq!(theirs[..4], [2, 5, 8, 11]);
         // The two helpers of share 1 (pieces 1, 4, 7, 10) split it between them.
-        let mut share1: Vec<u32> = order[4..]
+        let mut share1: Vec<u32> = order[4..8]
             .iter()
-            .chain(&theirs[4..])
+            .chain(&theirs[4..8])
             .copied()
             .filter(|i| i % 3 == 1)
             .collect();
         share1.sort();
         assert_eq!(share1, vec![1, 4, 7, 10], "helpers overlap or leave gaps");
+    }
+
+    #[test]
+    fn a_helper_no_seeder_serves_leaves_its_positions_to_the_others() {
+        // Downloader 2 is choked by the seeder: downloader 0 is the only helper of
+        // share 1 and takes all of it from the top, then all of share 2 after its own.
+        let mut p = sharer(0, 3, 12);
+        p.set_active(vec![true, true, false]);
+        let order = drain_from_seeder(&mut p);
+        assert_eq!(order[..4], [0, 3, 6, 9]);
+        let share1: Vec<u32> = order.iter().copied().filter(|i| i % 3 == 1).collect();
+        assert_eq!(share1, [10, 7, 4, 1]);
+        // Served again: back to its half.
+        let mut p = sharer(0, 3, 12);
+        p.set_active(vec![true, true, false]);
+        p.set_active_of(2, true);
+        assert_eq!(drain_from_seeder(&mut p)[4..8], [7, 11, 1, 5]);
     }
 
     #[test]
@@ -496,12 +577,13 @@ mod tests {
             firsts.push(p.pick_from_seeder(&Bitfield::full(12), &[0, 0], 1, &mut rng));
         }
         assert_eq!(firsts, vec![Some(7), Some(10)]);
-        // The owner of share 1 is at work below piece 7: only 7 and 10 may be taken.
+        // The owner of share 1 is at work below piece 7: only 7 and 10 may be taken
+        // (10 after our own positions, as the other helper's), all of share 2.
         let mut p = sharer(0, 3, 12);
         p.set_share_floor(vec![0, 7, 0]);
         let mut order = drain_from_seeder(&mut p);
         order.sort();
-        assert_eq!(order, vec![0, 3, 5, 6, 7, 9, 11]);
+        assert_eq!(order, vec![0, 2, 3, 5, 6, 7, 8, 9, 10, 11]);
         // Of two shares, the one with more pieces left is helped first.
         let mut p = sharer(0, 3, 12);
         for i in [0, 3, 6, 9, 2, 5] {
@@ -516,7 +598,7 @@ mod tests {
         // A downloader (not complete) has pieces 3 and 4: fetch them from it.
         p.add_peer(&bf(12, &[3, 4]));
         let order = drain_from_seeder(&mut p);
-        assert_eq!(order, [0, 6, 9, 11, 7, 5, 1]);
+        assert_eq!(order, [0, 6, 9, 11, 7, 5, 1, 2, 10, 8]);
         // Once every piece has left the seeder, the rarest ones downloaders hold.
         let mut p = sharer(0, 3, 12);
         p.add_peer(&bf(12, &[1, 2, 3, 4, 5, 7, 8, 10, 11]));

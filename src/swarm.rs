@@ -130,7 +130,11 @@ struct Neighbour {
     reading: u32,
     bytes_this_interval: u64,
     corrupt: u32,
-    last_have: Option<tokio::time::Instant>,
+    /// When it last announced a piece nobody else we know had (so it came from a
+    /// seeder), and the smoothed gap between such pieces: tells whether a seeder is
+    /// serving it now (see `Swarm::served`).
+    last_fresh: Option<tokio::time::Instant>,
+    fresh_gap: Option<Duration>,
     last_heard: tokio::time::Instant,
     connected_at: tokio::time::Instant,
     /// Pieces this neighbour sent us corrupt: fetched from someone else if possible.
@@ -277,6 +281,9 @@ impl Swarm {
         let mut optimistic =
             tokio::time::interval(Duration::from_secs(c.optimistic_unchoking_interval));
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        // Who a seeder serves changes with every rechoke; a helper must notice an
+        // owner the seeder dropped well within a second (see update_share_floors).
+        let mut shares = tokio::time::interval(Duration::from_millis(250));
         let outcome = loop {
             if self.all_complete() {
                 break Outcome::AllComplete;
@@ -304,8 +311,8 @@ impl Swarm {
                         break Outcome::Failed(why);
                     }
                     self.drop_stalled();
-                    self.update_share_floors();
                 }
+                _ = shares.tick() => self.update_share_floors(),
             }
         };
         self.shutdown().await;
@@ -325,14 +332,21 @@ impl Swarm {
 
     /// For each downloader's share, from which piece up we may fetch it from a seeder
     /// (see [`Picker::pick_from_seeder`]): anything when its owner is not connected to
-    /// us or shows no progress on it for a while (a seeder that keeps it choked, say);
-    /// otherwise only pieces a few requests above the owner's lowest missing one, so
-    /// that helping never races the owner for the same piece.
+    /// us or no seeder is serving it (one that keeps it choked, say); otherwise only
+    /// pieces a few requests above the owner's lowest missing one, so that helping
+    /// never races the owner for the same piece. Also tells the picker which
+    /// downloaders are fetching from a seeder now, to share helper positions among.
     fn update_share_floors(&mut self) {
         let floors = (0..self.downloaders.len())
             .map(|s| self.share_floor(s as u32))
             .collect();
         self.picker.set_share_floor(floors);
+        let active = self
+            .downloaders
+            .iter()
+            .map(|&id| id == self.me || self.served(id))
+            .collect();
+        self.picker.set_active(active);
         // A share whose owner went quiet or moved on may now be fetched from a seeder.
         let ids: Vec<u32> = self.neighbours.keys().copied().collect();
         for id in ids {
@@ -340,23 +354,39 @@ impl Swarm {
         }
     }
 
+    /// Whether a seeder is serving downloader `id` now, judged by how recently it
+    /// announced a piece nobody else had, against its usual gap between such pieces.
+    fn served(&self, id: u32) -> bool {
+        let Some(o) = self.neighbours.get(&id) else {
+            return false;
+        };
+        if o.bitfield.is_complete() {
+            return false;
+        }
+        // Without a measured gap: an owner gets about 1/D of the seeder's upload, so
+        // its gap grows with D; judge it idle only after several such gaps.
+        let of = self.downloaders.len() as u64;
+        let slowest = Duration::from_millis(500 * of).max(Duration::from_secs(3));
+        let recent = o.fresh_gap.map_or(slowest, |g| {
+            (g * 6).clamp(Duration::from_millis(250), slowest)
+        });
+        o.last_fresh.is_some_and(|t| t.elapsed() < recent)
+    }
+
     fn share_floor(&self, share: u32) -> u32 {
         let n = self.pieces();
         let of = self.downloaders.len() as u32;
-        // An owner gets about 1/D of the seeder's upload, so the gap between pieces of
-        // its share grows with D: judge it idle only after several such gaps.
-        let recent = Duration::from_millis(500 * of as u64).max(Duration::from_secs(3));
-        let Some(owner) = self
+        let Some((&id, owner)) = self
             .downloaders
             .get(share as usize)
-            .and_then(|id| self.neighbours.get(id))
+            .and_then(|id| self.neighbours.get_key_value(id))
         else {
             return 0;
         };
         if owner.bitfield.is_complete() {
             return n;
         }
-        if owner.last_have.is_none_or(|t| t.elapsed() >= recent) {
+        if !self.served(id) {
             return 0;
         }
         // The owner asks a seeder for its share in ascending order, at most
@@ -616,7 +646,8 @@ impl Swarm {
                 reading: 0,
                 bytes_this_interval: 0,
                 corrupt: 0,
-                last_have: None,
+                last_fresh: None,
+                fresh_gap: None,
                 last_heard: tokio::time::Instant::now(),
                 connected_at: tokio::time::Instant::now(),
                 bad_pieces: Vec::new(),
@@ -748,14 +779,30 @@ impl Swarm {
                     from: peer,
                     piece: i,
                 });
-                // Progress on its own share is what tells us a downloader is being
-                // served by the seeder (see update_share_floors).
+                // A piece nobody else we know had came from a seeder: that is what
+                // tells us a seeder serves this downloader now (see `served`). Pieces
+                // that helpers fetched and relayed to an owner must not count: they
+                // kept an owner the seeder had choked "active" for ever, so nobody
+                // fetched the bottom of its share (seconds of stall in the demo swarm).
                 let owns = self.downloaders.len() as u32;
                 let slot = self.downloaders.iter().position(|&d| d == peer);
+                let seeders = self
+                    .neighbours
+                    .values()
+                    .filter(|o| o.bitfield.is_complete())
+                    .count() as u32;
+                let fresh = slot.is_some()
+                    && !self.picker.have().has(i)
+                    && self.picker.availability(i) <= seeders;
+                let was_served = fresh && self.served(peer);
                 let n = self.neighbour(peer)?;
-                let own_share = slot.is_some_and(|s| owns > 0 && i % owns == s as u32);
-                if own_share {
-                    n.last_have = Some(tokio::time::Instant::now());
+                if fresh {
+                    let now = tokio::time::Instant::now();
+                    if let Some(last) = n.last_fresh {
+                        let gap = now - last;
+                        n.fresh_gap = Some(n.fresh_gap.map_or(gap, |g| (g * 4 + gap) / 5));
+                    }
+                    n.last_fresh = Some(now);
                 }
                 if n.bitfield.set(i) {
                     let complete = n.bitfield.is_complete();
@@ -765,10 +812,14 @@ impl Swarm {
                     }
                     self.last_progress = tokio::time::Instant::now();
                 }
-                if own_share {
-                    let share = i % owns;
-                    let floor = self.share_floor(share);
-                    self.picker.set_share_floor_of(share, floor);
+                if let Some(share) = slot.map(|s| s as u32) {
+                    if fresh && !was_served {
+                        self.picker.set_active_of(share, true);
+                    }
+                    if fresh || i % owns == share {
+                        let floor = self.share_floor(share);
+                        self.picker.set_share_floor_of(share, floor);
+                    }
                 }
                 self.update_interest(peer);
                 self.fill_requests(peer);
@@ -903,6 +954,7 @@ impl Swarm {
             return;
         }
         self.last_progress = tokio::time::Instant::now();
+        tracing::trace!("stored {index} from {from}");
         let count = self.picker.have().count();
         self.log.write(&Log::Downloaded {
             piece: index,
@@ -1048,6 +1100,7 @@ impl Swarm {
             };
             self.picker.mark_pending(i);
             n.outstanding.push(i);
+            tracing::trace!("request {i} from {peer}");
             let _ = n.link.tx.send(Message::Request(i).into());
         }
         if !n.outstanding.is_empty() && n.waiting_since.is_none() {
