@@ -63,9 +63,11 @@ pub struct PeerArgs {
     /// Pieces uploaded at the same time, to all neighbours together (0: no limit).
     /// Few at full speed reach their receivers sooner than many at a fraction of it,
     /// so they travel on through the swarm sooner; the rarest requested piece goes
-    /// first.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub upload_slots: usize,
+    /// first. Default: a peer that starts with the whole file uses pieces worth about
+    /// 768 KiB (3 of 256 KiB) when at least twice as many peers download; otherwise,
+    /// and with `--strict`, no limit.
+    #[arg(long, value_name = "N")]
+    pub upload_slots: Option<usize>,
 
     /// Upload slots until we have sent one piece per other peer (0: none). At the
     /// start every downloader is idle until its first piece arrives; served a few at
