@@ -786,15 +786,16 @@ impl Swarm {
                 // fetched the bottom of its share (seconds of stall in the demo swarm).
                 let owns = self.downloaders.len() as u32;
                 let slot = self.downloaders.iter().position(|&d| d == peer);
-                let seeders = self
-                    .neighbours
-                    .values()
-                    .filter(|o| o.bitfield.is_complete())
-                    .count() as u32;
+                // Complete neighbours are counted only for a piece we lack, the one
+                // case where the answer matters (this runs for every `have`).
                 let fresh = slot.is_some()
                     && !self.picker.have().has(i)
-                    && self.picker.availability(i) <= seeders;
-                let was_served = fresh && self.served(peer);
+                    && self.picker.availability(i)
+                        <= self
+                            .neighbours
+                            .values()
+                            .filter(|o| o.bitfield.is_complete())
+                            .count() as u32;
                 let n = self.neighbour(peer)?;
                 if fresh {
                     let now = tokio::time::Instant::now();
@@ -813,7 +814,7 @@ impl Swarm {
                     self.last_progress = tokio::time::Instant::now();
                 }
                 if let Some(share) = slot.map(|s| s as u32) {
-                    if fresh && !was_served {
+                    if fresh {
                         self.picker.set_active_of(share, true);
                     }
                     if fresh || i % owns == share {
