@@ -83,6 +83,14 @@ pub struct PeerArgs {
     #[arg(long, default_value = "cubic", value_name = "NAME")]
     pub congestion: String,
 
+    /// Block size for pieces traded with other p2pshare peers (SPEC B, BLOCKS): a
+    /// power of two from 1024; 0 trades whole pieces only. Blocks are relayed as soon
+    /// as each is verified, so a piece spreads before all of it has arrived anywhere.
+    /// Ignored with --strict, towards plain peers and when a piece is not larger.
+    #[arg(long, default_value_t = crate::blocks::DEFAULT_BLOCK_SIZE, value_name = "BYTES",
+          value_parser = parse_block_size)]
+    pub block_size: u32,
+
     /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -105,6 +113,7 @@ impl PeerArgs {
             request_timeout: Duration::from_secs(self.request_timeout),
             upload_slots: self.upload_slots,
             warmup_slots: self.warmup_slots,
+            block_size: self.block_size,
             congestion: match self.congestion.as_str() {
                 "system" => Vec::new(),
                 "cubic" => vec!["cubic".into(), "reno".into()],
@@ -165,4 +174,12 @@ fn bound_allocator_caches() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if v != 0 {
+        crate::blocks::check_block_size(v).map_err(|e| e.to_string())?;
+    }
+    Ok(v)
 }

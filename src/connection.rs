@@ -132,6 +132,8 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 #[derive(Clone, Debug)]
 pub struct Wiring {
     pub codec: MessageCodec,
+    /// The codec of connections that negotiated BLOCKS (block messages legal).
+    pub block_codec: MessageCodec,
     pub events: mpsc::Sender<SwarmEvent>,
     pub limiter: Option<Arc<RateLimiter>>,
     /// TCP congestion control for every connection, in order of preference; empty:
@@ -181,14 +183,12 @@ pub fn start(stream: TcpStream, peer: u32, extensions: Extensions, initiated: bo
         extensions,
         initiated,
     };
-    tokio::spawn(read_loop(
-        rd,
-        peer,
-        conn,
-        w.codec.clone(),
-        w.events.clone(),
-        hello,
-    ));
+    let codec = if extensions.block_size().is_some() {
+        w.block_codec.clone()
+    } else {
+        w.codec.clone()
+    };
+    tokio::spawn(read_loop(rd, peer, conn, codec, w.events.clone(), hello));
 }
 
 /// Sets the first congestion control of `names` the kernel lets us use.
@@ -347,7 +347,7 @@ async fn write_loop(
         // straight from its `Bytes` to the socket without being copied into `buf`.
         while let Some(Outgoing { msg, mut slot }) = next.take() {
             msg.encode_head(&mut buf);
-            if let Message::Piece { index, data } = &msg {
+            if let Some(data) = msg.file_data() {
                 if let Some(l) = &limiter {
                     l.acquire(data.len()).await;
                 }
@@ -372,7 +372,13 @@ async fn write_loop(
                     upload_rate.store(rate - rate / 8, Ordering::Relaxed);
                 }
                 tracing::debug!(
-                    "piece {index} written in {:?} (slot {})",
+                    "{} {} written in {:?} (slot {})",
+                    msg.name(),
+                    match &msg {
+                        Message::Piece { index, .. } => format!("{index}"),
+                        Message::Block { piece, block, .. } => format!("{piece}/{block}"),
+                        _ => String::new(),
+                    },
                     start.elapsed(),
                     if !timed {
                         "none"

@@ -3,28 +3,60 @@
 //!
 //! Layout: `P2PFILESHARINGPROJ` (18 bytes), 10 reserved bytes, 4-byte big-endian peer ID.
 //! A plain peer sends zeros in the reserved bytes. p2pshare advertises extensions as
-//! `b"p2ps"` followed by a flags byte; anything else non-zero (an unknown
-//! implementation's private use) is read as "no extensions we know".
+//! `b"p2ps"`, a flags byte, then (with BLOCKS) the block size as a power of two,
+//! then zeros; anything else non-zero (an unknown implementation's private use) is
+//! read as "no extensions we know".
 
 pub const HEADER: &[u8; 18] = b"P2PFILESHARINGPROJ";
 pub const LEN: usize = 32;
 const MAGIC: &[u8; 4] = b"p2ps";
 
 /// Extensions a peer advertises. Used on a connection only when both sides have it.
+/// `.0` holds the flags; `.1` is log2 of the block size when BLOCKS is set (0
+/// otherwise).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Extensions(pub u8);
+pub struct Extensions(pub u8, pub u8);
 
 impl Extensions {
-    pub const NONE: Extensions = Extensions(0);
+    pub const NONE: Extensions = Extensions(0, 0);
     /// Several outstanding requests per connection (SPEC B, "pipeline").
-    pub const PIPELINE: Extensions = Extensions(1);
+    pub const PIPELINE: Extensions = Extensions(1, 0);
+    const BLOCKS_FLAG: u8 = 2;
 
+    /// Sub-piece blocks of `size` bytes (a power of two, see `blocks.rs`): the
+    /// `have-block`, `request-block` and `block` messages.
+    pub fn blocks(size: u32) -> Extensions {
+        Extensions(Self::BLOCKS_FLAG, size.trailing_zeros() as u8)
+    }
+
+    /// The block size, when BLOCKS is among these extensions.
+    pub fn block_size(self) -> Option<u32> {
+        (self.0 & Self::BLOCKS_FLAG != 0 && self.1 < 32).then(|| 1u32 << self.1)
+    }
+
+    pub fn with(self, other: Extensions) -> Extensions {
+        Extensions(self.0 | other.0, self.1 | other.1)
+    }
+
+    /// Flags of `other` all present (the block size is not compared).
     pub fn contains(self, other: Extensions) -> bool {
         self.0 & other.0 == other.0 && other.0 != 0
     }
+
+    /// What both sides can use: BLOCKS only when both chose the same block size.
     pub fn intersect(self, other: Extensions) -> Extensions {
-        Extensions(self.0 & other.0)
+        let mut flags = self.0 & other.0;
+        if self.1 != other.1 {
+            flags &= !Self::BLOCKS_FLAG;
+        }
+        let shift = if flags & Self::BLOCKS_FLAG != 0 {
+            self.1
+        } else {
+            0
+        };
+        Extensions(flags, shift)
     }
+
     pub fn is_none(self) -> bool {
         self.0 == 0
     }
@@ -56,6 +88,7 @@ impl Handshake {
         if !self.extensions.is_none() {
             out[18..22].copy_from_slice(MAGIC);
             out[22] = self.extensions.0;
+            out[23] = self.extensions.1;
         }
         out[28..].copy_from_slice(&self.peer_id.to_be_bytes());
         out
@@ -68,8 +101,15 @@ impl Handshake {
             ));
         }
         let reserved = &bytes[18..28];
-        let extensions = if &reserved[..4] == MAGIC && reserved[5..].iter().all(|&b| b == 0) {
-            Extensions(reserved[4])
+        // The block-size byte is set exactly when BLOCKS is; anything else is not
+        // ours.
+        let (flags, shift) = (reserved[4], reserved[5]);
+        let ours = &reserved[..4] == MAGIC
+            && reserved[6..].iter().all(|&b| b == 0)
+            && flags != 0
+            && (flags & Extensions::BLOCKS_FLAG != 0) == (shift != 0);
+        let extensions = if ours {
+            Extensions(flags, shift)
         } else {
             Extensions::NONE
         };
@@ -106,9 +146,35 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_agreed_only_on_the_same_block_size() {
+        let a = Extensions::PIPELINE.with(Extensions::blocks(65536));
+        let h = Handshake {
+            peer_id: 9,
+            extensions: a,
+        };
+        assert_eq!(Handshake::parse(&h.encode()), Ok(h));
+        assert_eq!(a.intersect(a).block_size(), Some(65536));
+        let b = Extensions::PIPELINE.with(Extensions::blocks(32768));
+        assert_eq!(a.intersect(b), Extensions::PIPELINE);
+        assert_eq!(a.intersect(Extensions::PIPELINE), Extensions::PIPELINE);
+        assert_eq!(Extensions::PIPELINE.block_size(), None);
+    }
+
+    #[test]
     fn unknown_reserved_bytes_mean_no_extensions() {
         let mut b = Handshake::plain(7).encode();
         b[20] = 0xaa;
+        assert_eq!(Handshake::parse(&b), Ok(Handshake::plain(7)));
+        // A block size without BLOCKS, or BLOCKS without a size: not ours.
+        let mut b = Handshake {
+            peer_id: 7,
+            extensions: Extensions::PIPELINE,
+        }
+        .encode();
+        b[23] = 16;
+        assert_eq!(Handshake::parse(&b), Ok(Handshake::plain(7)));
+        b[22] = 2;
+        b[23] = 0;
         assert_eq!(Handshake::parse(&b), Ok(Handshake::plain(7)));
     }
 

@@ -9,6 +9,7 @@
 //! exit), [`local`] (a whole swarm on one machine), [`cli`].
 
 pub mod bitfield;
+pub mod blocks;
 pub mod choke;
 pub mod cli;
 pub mod config;

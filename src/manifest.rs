@@ -207,6 +207,11 @@ impl Manifest {
         Ok(())
     }
 
+    /// The expected hash of piece `index`.
+    pub fn piece_hash(&self, index: u32) -> Option<Hash> {
+        self.pieces.get(index as usize).copied()
+    }
+
     pub fn verify(&self, index: u32, data: &[u8]) -> bool {
         self.pieces
             .get(index as usize)

@@ -1,5 +1,7 @@
 //! The eight messages of SPEC A4 and their framing: 4-byte big-endian length (counting
-//! the type byte and payload), 1-byte type, payload.
+//! the type byte and payload), 1-byte type, payload. Types 8-10 exist only on a
+//! connection where both peers advertised BLOCKS (SPEC B, see `blocks.rs`); anywhere
+//! else they are unknown types, as for any Part A peer.
 //!
 //! [`MessageCodec`] is a `tokio_util` decoder that refuses any length above the largest
 //! legal message for this swarm before allocating, so a remote cannot make us buffer
@@ -18,7 +20,28 @@ pub enum Message {
     Have(u32),
     Bitfield(Bytes),
     Request(u32),
-    Piece { index: u32, data: Bytes },
+    Piece {
+        index: u32,
+        data: Bytes,
+    },
+    /// BLOCKS: the sender holds (verified) block `block` of piece `piece`.
+    HaveBlock {
+        piece: u32,
+        block: u32,
+    },
+    /// BLOCKS: please send block `block` of piece `piece`.
+    RequestBlock {
+        piece: u32,
+        block: u32,
+    },
+    /// BLOCKS: one block, with the chaining values of every block of its piece
+    /// (32 bytes each) that prove it against the piece's hash.
+    Block {
+        piece: u32,
+        block: u32,
+        cvs: Bytes,
+        data: Bytes,
+    },
 }
 
 impl Message {
@@ -32,6 +55,9 @@ impl Message {
             Message::Bitfield(_) => 5,
             Message::Request(_) => 6,
             Message::Piece { .. } => 7,
+            Message::HaveBlock { .. } => 8,
+            Message::RequestBlock { .. } => 9,
+            Message::Block { .. } => 10,
         }
     }
 
@@ -45,6 +71,9 @@ impl Message {
             Message::Bitfield(_) => "bitfield",
             Message::Request(_) => "request",
             Message::Piece { .. } => "piece",
+            Message::HaveBlock { .. } => "have-block",
+            Message::RequestBlock { .. } => "request-block",
+            Message::Block { .. } => "block",
         }
     }
 
@@ -55,6 +84,17 @@ impl Message {
             Message::Have(_) | Message::Request(_) => 4,
             Message::Bitfield(b) => b.len(),
             Message::Piece { data, .. } => 4 + data.len(),
+            Message::HaveBlock { .. } | Message::RequestBlock { .. } => 8,
+            Message::Block { cvs, data, .. } => 10 + cvs.len() + data.len(),
+        }
+    }
+
+    /// The file data this message carries (piece or block), written to the socket
+    /// from its own buffer after [`Message::encode_head`].
+    pub fn file_data(&self) -> Option<&Bytes> {
+        match self {
+            Message::Piece { data, .. } | Message::Block { data, .. } => Some(data),
+            _ => None,
         }
     }
 
@@ -67,6 +107,18 @@ impl Message {
             Message::Have(i) | Message::Request(i) => dst.put_u32(*i),
             Message::Bitfield(b) => dst.extend_from_slice(b),
             Message::Piece { index, .. } => dst.put_u32(*index),
+            Message::HaveBlock { piece, block } | Message::RequestBlock { piece, block } => {
+                dst.put_u32(*piece);
+                dst.put_u32(*block);
+            }
+            Message::Block {
+                piece, block, cvs, ..
+            } => {
+                dst.put_u32(*piece);
+                dst.put_u32(*block);
+                dst.put_u16((cvs.len() / 32) as u16);
+                dst.extend_from_slice(cvs);
+            }
             _ => {}
         }
     }
@@ -94,6 +146,8 @@ pub enum DecodeError {
 #[derive(Clone, Debug)]
 pub struct MessageCodec {
     max_body: u32,
+    /// Types 8-10 are legal (BLOCKS negotiated on this connection).
+    blocks: bool,
 }
 
 impl MessageCodec {
@@ -103,6 +157,17 @@ impl MessageCodec {
         let bitfield = 1u64 + (pieces as u64).div_ceil(8);
         MessageCodec {
             max_body: piece.max(bitfield).min(u32::MAX as u64) as u32,
+            blocks: false,
+        }
+    }
+
+    /// The codec of a connection that negotiated BLOCKS of `block_size` bytes, with
+    /// pieces of at most `per_piece` blocks.
+    pub fn with_blocks(&self, block_size: u32, per_piece: u32) -> MessageCodec {
+        let block = 1u64 + 10 + 32 * per_piece as u64 + block_size as u64;
+        MessageCodec {
+            max_body: (self.max_body as u64).max(block).min(u32::MAX as u64) as u32,
+            blocks: true,
         }
     }
 
@@ -130,7 +195,8 @@ impl Decoder for MessageCodec {
             });
         }
         // Reject an unknown type as soon as it is visible, not after buffering the body.
-        if src.len() >= 5 && src[4] > 7 {
+        let last_type = if self.blocks { 10 } else { 7 };
+        if src.len() >= 5 && src[4] > last_type {
             return Err(DecodeError::UnknownType(src[4]));
         }
         let total = 4 + len as usize;
@@ -181,6 +247,47 @@ impl Decoder for MessageCodec {
                     data: body.freeze(),
                 }
             }
+            8 | 9 if self.blocks => {
+                fixed(
+                    if kind == 8 {
+                        "have-block"
+                    } else {
+                        "request-block"
+                    },
+                    8,
+                    "8",
+                )?;
+                let piece = body.get_u32();
+                let block = body.get_u32();
+                if kind == 8 {
+                    Message::HaveBlock { piece, block }
+                } else {
+                    Message::RequestBlock { piece, block }
+                }
+            }
+            10 if self.blocks => {
+                let bad = |expected| DecodeError::BadPayload {
+                    name: "block",
+                    got: payload,
+                    expected,
+                };
+                if payload < 10 {
+                    return Err(bad("at least 10"));
+                }
+                let piece = body.get_u32();
+                let block = body.get_u32();
+                let n = body.get_u16() as usize * 32;
+                if body.len() < n {
+                    return Err(bad("10 + 32 per chaining value, then data"));
+                }
+                let cvs = body.split_to(n).freeze();
+                Message::Block {
+                    piece,
+                    block,
+                    cvs,
+                    data: body.freeze(),
+                }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(Some(msg))
@@ -193,7 +300,7 @@ impl Encoder<Message> for MessageCodec {
     fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), std::io::Error> {
         dst.reserve(4 + msg.body_len());
         msg.encode_head(dst);
-        if let Message::Piece { data, .. } = &msg {
+        if let Some(data) = msg.file_data() {
             dst.extend_from_slice(data);
         }
         Ok(())
@@ -241,6 +348,50 @@ mod tests {
             assert_eq!(got, Some(m));
             assert!(b.is_empty());
         }
+    }
+
+    #[test]
+    fn block_messages_exist_only_with_blocks_negotiated() {
+        let plain = MessageCodec::new(1 << 20, 1000);
+        let mut c = plain.with_blocks(65536, 16);
+        let cases: Vec<(Message, Vec<u8>)> = vec![
+            (
+                Message::HaveBlock { piece: 2, block: 3 },
+                vec![0, 0, 0, 9, 8, 0, 0, 0, 2, 0, 0, 0, 3],
+            ),
+            (
+                Message::RequestBlock { piece: 1, block: 0 },
+                vec![0, 0, 0, 9, 9, 0, 0, 0, 1, 0, 0, 0, 0],
+            ),
+        ];
+        for (m, wire) in cases {
+            let mut b = BytesMut::new();
+            c.encode(m.clone(), &mut b).unwrap();
+            assert_eq!(&b[..], &wire[..], "{m:?}");
+            assert_eq!(c.decode(&mut b).unwrap(), Some(m));
+            let mut b = BytesMut::from(&wire[..]);
+            assert!(matches!(
+                plain.clone().decode(&mut b),
+                Err(DecodeError::UnknownType(8 | 9))
+            ));
+        }
+        let m = Message::Block {
+            piece: 1,
+            block: 1,
+            cvs: Bytes::from(vec![7u8; 64]),
+            data: Bytes::from_static(b"ab"),
+        };
+        let mut b = BytesMut::new();
+        c.encode(m.clone(), &mut b).unwrap();
+        assert_eq!(b.len(), 4 + 1 + 10 + 64 + 2);
+        assert_eq!(&b[13..15], &[0, 2]);
+        assert_eq!(c.decode(&mut b).unwrap(), Some(m));
+        // A CV count larger than the payload.
+        let mut b = BytesMut::from(&[0, 0, 0, 11, 10, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1][..]);
+        assert!(matches!(
+            c.decode(&mut b),
+            Err(DecodeError::BadPayload { .. })
+        ));
     }
 
     #[test]
@@ -305,6 +456,22 @@ mod tests {
                         data: Bytes::from(v),
                     }
                 }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(piece, block)| Message::HaveBlock { piece, block }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(piece, block)| Message::RequestBlock { piece, block }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                0usize..5,
+                proptest::collection::vec(any::<u8>(), 0..1000)
+            )
+                .prop_map(|(piece, block, n, v)| Message::Block {
+                    piece,
+                    block,
+                    cvs: Bytes::from(vec![n as u8; 32 * n]),
+                    data: Bytes::from(v),
+                }),
         ]
     }
 
@@ -315,7 +482,7 @@ mod tests {
             split in 0usize..10_000,
         ) {
             let mut wire = BytesMut::new();
-            let mut codec = MessageCodec::new(5000, 1600);
+            let mut codec = MessageCodec::new(5000, 1600).with_blocks(1024, 4);
             for m in &msgs {
                 codec.encode(m.clone(), &mut wire).unwrap();
             }
@@ -331,9 +498,10 @@ mod tests {
 
         #[test]
         fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
-            let mut codec = MessageCodec::new(1024, 64);
-            let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(Some(_)) = codec.decode(&mut buf) {}
+            for mut codec in [MessageCodec::new(1024, 64), MessageCodec::new(1024, 64).with_blocks(256, 4)] {
+                let mut buf = BytesMut::from(&bytes[..]);
+                while let Ok(Some(_)) = codec.decode(&mut buf) {}
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! swarm actor until all peers have the file.
 
 use crate::bitfield::Bitfield;
+use crate::blocks::Layout;
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, HandshakeFailure, Wiring};
 use crate::eventlog::EventLog;
@@ -49,6 +50,8 @@ pub struct PeerOptions {
     pub warmup_slots: usize,
     /// TCP congestion controls to try, in order; empty: the system's.
     pub congestion: Vec<String>,
+    /// BLOCKS block size (0: whole pieces only); see `blocks.rs`.
+    pub block_size: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,13 +182,20 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         (storage, have)
     };
     let storage = Arc::new(storage);
+    let layout = if opts.strict {
+        Layout::pieces_only(common.file_size, common.piece_size)
+    } else {
+        Layout::new(common.file_size, common.piece_size, opts.block_size)
+    };
+    // Slots and pipeline depth are about bytes in flight: count them in units.
+    let unit = u64::from(layout.block_size());
     let upload_slots = opts
         .upload_slots
         .unwrap_or(if opts.strict || !have.is_complete() {
             0
         } else {
             let downloaders = config.peers.peers.iter().filter(|p| !p.has_file).count();
-            seeder_upload_slots(u64::from(common.piece_size), downloaders)
+            seeder_upload_slots(unit, downloaders)
         });
     let log = EventLog::open(&opts.dir, me).map_err(|source| PeerError::Log {
         path: opts.dir.join(format!("log_peer_{me}.log")),
@@ -207,15 +217,19 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
 
     let ours = if opts.strict {
         Extensions::NONE
+    } else if layout.has_blocks() {
+        Extensions::PIPELINE.with(Extensions::blocks(layout.block_size()))
     } else {
         Extensions::PIPELINE
     };
     let codec = MessageCodec::new(common.piece_size, pieces);
+    let block_codec = codec.with_blocks(layout.block_size(), layout.blocks_in(0));
     let (tx, rx) = mpsc::channel(1024);
     let limiter = opts.upload_limit.map(|r| Arc::new(RateLimiter::new(r)));
 
     let wiring = Wiring {
         codec,
+        block_codec,
         events: tx.clone(),
         limiter,
         upload_rate: Arc::new(std::sync::atomic::AtomicU64::new(0)),
@@ -257,7 +271,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     // seeders) beat 2 at N = 8 and 16 and tied at N = 4; under BBR 2 had beaten 4 and 8.
     let depth = opts
         .pipeline_depth
-        .unwrap_or_else(|| ((256 * 1024) / common.piece_size as usize).clamp(1, 64));
+        .unwrap_or_else(|| ((256 * 1024) / unit as usize).clamp(1, 64));
     let swarm_opts = SwarmOptions {
         strict: opts.strict,
         pipeline_depth: depth,
@@ -274,6 +288,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         swarm_opts,
         log,
         storage,
+        layout,
         have,
         tx,
         rx,
@@ -407,7 +422,7 @@ async fn connect_to(peer: u32, host: String, port: u16, local: Local) {
 /// N = 4, 1.09 against 1.07.
 pub fn seeder_upload_slots(piece_size: u64, downloaders: usize) -> usize {
     let slots = (768 * 1024u64).div_ceil(piece_size.max(1)).max(3) as usize;
-    if downloaders >= 2 * slots {
+    if downloaders >= 6 {
         slots
     } else {
         0
@@ -424,7 +439,7 @@ mod tests {
         assert_eq!(seeder_upload_slots(256 * 1024, 6), 3);
         assert_eq!(seeder_upload_slots(256 * 1024, 5), 0);
         assert_eq!(seeder_upload_slots(1 << 20, 8), 3);
-        assert_eq!(seeder_upload_slots(64 * 1024, 24), 12);
+        assert_eq!(seeder_upload_slots(64 * 1024, 16), 12);
         assert_eq!(seeder_upload_slots(64 * 1024, 5), 0);
         assert_eq!(seeder_upload_slots(16 * 1024, 100), 48);
         assert_eq!(seeder_upload_slots(0, 1), 0);

@@ -135,6 +135,29 @@ impl Storage {
             })
     }
 
+    /// `len` bytes at `offset` (a block, see `blocks.rs`).
+    pub fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, StorageError> {
+        let mut buf = BytesMut::zeroed(len as usize);
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|source| StorageError::Io {
+                path: self.path.clone(),
+                what: "cannot read block",
+                source,
+            })?;
+        Ok(buf.freeze())
+    }
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|source| StorageError::Io {
+                path: self.path.clone(),
+                what: "cannot write block",
+                source,
+            })
+    }
+
     /// Pieces of the file on disk whose hash matches the manifest: what a restarted
     /// peer keeps. A piece torn by a crash mid-write fails its hash and is fetched again.
     pub fn verified_pieces(

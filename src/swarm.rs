@@ -6,8 +6,15 @@
 //! ordering races between, say, a choke and the piece read it cancels. Disk reads and
 //! writes run on blocking threads and report back as events, so the actor never waits
 //! on a socket or a disk.
+//!
+//! The actor counts in *units* (see `blocks.rs`): a unit is a piece, or with BLOCKS
+//! a block of one. Bitfields, the picker, requests and uploads are per unit; pieces
+//! appear only at the Part A edges: the `bitfield`, `have`, `request` and `piece`
+//! messages (a plain neighbour trades whole pieces, i.e. all units of one) and the
+//! event log.
 
 use crate::bitfield::Bitfield;
+use crate::blocks::{self, Cv, Layout};
 use crate::choke::{Candidate, Choker, Decision};
 use crate::config::Config;
 use crate::connection::{Link, Outgoing};
@@ -49,18 +56,25 @@ pub enum SwarmEvent {
         conn: u64,
         reason: Option<String>,
     },
-    PieceWritten {
-        index: u32,
+    /// Units `units` of piece `piece` (all of them for a whole piece, one for a
+    /// block) were verified and written, or not.
+    Written {
+        piece: u32,
+        units: std::ops::Range<u32>,
         from: u32,
         result: Result<(), PieceError>,
     },
     /// The whole-file check after the last piece.
     FileChecked(Result<(), String>),
+    /// Data read for a request: unit `index` when `block`, else the piece whose
+    /// first unit is `index`. A block comes with its piece's chaining values when
+    /// they had to be computed from the whole piece (the actor caches them).
     PieceRead {
         peer: u32,
         conn: u64,
         index: u32,
-        result: Result<Bytes, StorageError>,
+        block: bool,
+        result: Result<ReadData, StorageError>,
         /// The upload slot the piece is sent under.
         slot: UploadSlot,
     },
@@ -71,10 +85,13 @@ pub enum SwarmEvent {
     },
 }
 
+/// Data read for an upload, and the chaining values computed to send it (if any).
+pub type ReadData = (Bytes, Option<Arc<[Cv]>>);
+
 /// Why a received piece was not stored.
 #[derive(Debug)]
 pub enum PieceError {
-    /// Its hash differs from the manifest's.
+    /// Its hash differs from the manifest's (for a block: from its chaining value).
     Corrupt,
     Disk(StorageError),
 }
@@ -124,8 +141,11 @@ struct Neighbour {
     am_interested: bool,
     peer_interested: bool,
     peer_choking: bool,
-    /// Pieces requested from this neighbour and not yet arrived.
+    /// Units requested from this neighbour and not yet arrived (every unit of a piece
+    /// asked for with a Part A `request`).
     outstanding: Vec<u32>,
+    /// BLOCKS negotiated: we trade blocks with it; otherwise whole pieces.
+    blocks: bool,
     /// Requests of theirs we are reading from disk.
     reading: u32,
     bytes_this_interval: u64,
@@ -137,7 +157,7 @@ struct Neighbour {
     fresh_gap: Option<Duration>,
     last_heard: tokio::time::Instant,
     connected_at: tokio::time::Instant,
-    /// Pieces this neighbour sent us corrupt: fetched from someone else if possible.
+    /// Units this neighbour sent us corrupt: fetched from someone else if possible.
     bad_pieces: Vec<u32>,
     /// Since when we have been waiting on this neighbour for a requested piece
     /// (`None` when nothing is outstanding).
@@ -150,11 +170,21 @@ pub struct Swarm {
     opts: SwarmOptions,
     log: EventLog,
     storage: Arc<Storage>,
+    /// Units per piece (one when BLOCKS is off).
+    layout: Layout,
+    /// Pieces whose every unit we hold: what Part A's `bitfield` and `have` announce.
+    done_pieces: Bitfield,
+    /// Chaining values of pieces we trade blocks of (checked against the manifest
+    /// when there is one); bounded, recomputed from disk for a complete piece.
+    cvs: HashMap<u32, Arc<[Cv]>>,
     picker: Picker,
     neighbours: BTreeMap<u32, Neighbour>,
     known_complete: HashSet<u32>,
-    /// Pieces received and being written; they count as pending in the picker.
+    /// Units received and being written; they count as pending in the picker.
     writing: HashSet<u32>,
+    /// Units we have started uploading at least once (upload order, see
+    /// `pump_uploads`).
+    sent: Bitfield,
     choker: Choker,
     rng: StdRng,
     events_tx: mpsc::Sender<SwarmEvent>,
@@ -195,6 +225,7 @@ impl Swarm {
         opts: SwarmOptions,
         log: EventLog,
         storage: Arc<Storage>,
+        layout: Layout,
         have: Bitfield,
         events_tx: mpsc::Sender<SwarmEvent>,
         events: mpsc::Receiver<SwarmEvent>,
@@ -207,13 +238,21 @@ impl Swarm {
             Strategy::RarestFirst
         };
         let complete_at_start = have.is_complete();
+        // `have` is per piece; the picker counts units.
+        let mut units = Bitfield::new(layout.units());
+        for p in have.iter_set() {
+            for u in layout.units_of(p) {
+                units.set(u);
+            }
+        }
+        let done_pieces = have;
         let mut known_complete = HashSet::new();
         if complete_at_start {
             // Complete at start: the seed's own pieces were verified (when there is a
             // manifest) before we got here.
             known_complete.insert(me);
         }
-        let mut picker = Picker::new(have, strategy);
+        let mut picker = Picker::new(units, strategy);
         let downloaders = if !opts.strict {
             // Every peer knows the whole swarm from PeerInfo.cfg, so downloaders can
             // split the seeder's pieces among themselves without talking.
@@ -250,10 +289,14 @@ impl Swarm {
             opts,
             log,
             storage,
+            layout,
+            done_pieces,
+            cvs: HashMap::new(),
             picker,
             neighbours: BTreeMap::new(),
             known_complete,
             writing: HashSet::new(),
+            sent: Bitfield::new(layout.units()),
             choker: Choker::default(),
             events_tx,
             events,
@@ -374,7 +417,7 @@ impl Swarm {
     }
 
     fn share_floor(&self, share: u32) -> u32 {
-        let n = self.pieces();
+        let n = self.layout.units();
         let of = self.downloaders.len() as u32;
         let Some((&id, owner)) = self
             .downloaders
@@ -438,8 +481,10 @@ impl Swarm {
             .collect();
         let have = self.picker.have();
         let orphans = (0..have.len())
-            .filter(|&i| !have.has(i) && !self.neighbours.values().any(|n| n.bitfield.has(i)))
-            .count();
+            .filter(|&u| !have.has(u) && !self.neighbours.values().any(|n| n.bitfield.has(u)))
+            .map(|u| self.layout.piece_of(u))
+            .collect::<HashSet<u32>>()
+            .len();
         if absent.is_empty() && orphans == 0 {
             return None;
         }
@@ -456,7 +501,11 @@ impl Swarm {
         if orphans > 0 {
             why += &format!(" {orphans} pieces we lack are held by no connected peer;");
         }
-        why += &format!(" we have {}/{} pieces", have.count(), have.len());
+        why += &format!(
+            " we have {}/{} pieces",
+            self.done_pieces.count(),
+            self.done_pieces.len()
+        );
         Some(why)
     }
 
@@ -510,17 +559,20 @@ impl Swarm {
                     self.drop_neighbour(peer);
                 }
             }
-            SwarmEvent::PieceWritten {
-                index,
+            SwarmEvent::Written {
+                piece,
+                units,
                 from,
                 result,
             } => {
                 let was_full = self.writing.len() >= self.max_writing();
-                self.writing.remove(&index);
+                for u in units.clone() {
+                    self.writing.remove(&u);
+                }
                 match result {
-                    Ok(()) => self.on_piece_stored(index, from),
+                    Ok(()) => self.on_stored(piece, units, from),
                     Err(PieceError::Disk(e)) => return Err(format!("disk error: {e}")),
-                    Err(PieceError::Corrupt) => self.on_corrupt(index, from),
+                    Err(PieceError::Corrupt) => self.on_corrupt(piece, units, from),
                 }
                 if was_full {
                     let ids: Vec<u32> = self.neighbours.keys().copied().collect();
@@ -538,10 +590,30 @@ impl Swarm {
                 peer,
                 conn,
                 index,
+                block,
                 result,
                 slot,
             } => {
-                let data = result.map_err(|e| format!("disk error: {e}"))?;
+                let (data, computed) = result.map_err(|e| format!("disk error: {e}"))?;
+                let (piece, b) = self.layout.split(index);
+                if let Some(c) = computed {
+                    self.cache_cvs(piece, c);
+                }
+                let msg = if block {
+                    let cvs = self
+                        .cvs
+                        .get(&piece)
+                        .map(|c| Bytes::from(c.concat()))
+                        .unwrap_or_default();
+                    Message::Block {
+                        piece,
+                        block: b,
+                        cvs,
+                        data,
+                    }
+                } else {
+                    Message::Piece { index: piece, data }
+                };
                 let choker = &self.choker;
                 if let Some(n) = self.neighbours.get_mut(&peer) {
                     if n.link.conn != conn {
@@ -550,11 +622,10 @@ impl Swarm {
                     n.reading = n.reading.saturating_sub(1);
                     // A choke sent meanwhile cancels the answer (SPEC A5.4).
                     if choker.is_unchoked(peer) {
-                        n.link
-                            .queued_bytes
-                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let len = msg.file_data().map_or(0, |d| d.len());
+                        n.link.queued_bytes.fetch_add(len as u64, Ordering::Relaxed);
                         let _ = n.link.tx.send(Outgoing {
-                            msg: Message::Piece { index, data },
+                            msg,
                             slot: Some(slot),
                         });
                     }
@@ -572,18 +643,28 @@ impl Swarm {
         Ok(())
     }
 
-    fn on_corrupt(&mut self, index: u32, from: u32) {
-        self.release(index);
+    fn on_corrupt(&mut self, piece: u32, units: std::ops::Range<u32>, from: u32) {
+        for u in units.clone() {
+            self.release(u);
+        }
         let strikes = match self.neighbours.get_mut(&from) {
             Some(n) => {
                 n.corrupt += 1;
-                n.bad_pieces.push(index);
+                n.bad_pieces.extend(units.clone());
                 n.corrupt
             }
             None => MAX_CORRUPT,
         };
+        let what = if units.len() == 1 && self.layout.has_blocks() {
+            format!(
+                "block {} of piece {piece}",
+                self.layout.split(units.start).1
+            )
+        } else {
+            format!("piece {piece}")
+        };
         tracing::warn!(
-            "piece {index} from peer {from} does not match the manifest; discarded ({strikes} bad from it)"
+            "{what} from peer {from} does not match the manifest; discarded ({strikes} bad from it)"
         );
         if strikes >= MAX_CORRUPT {
             tracing::error!(
@@ -631,13 +712,24 @@ impl Swarm {
         // Always send the bitfield, all zero if we have nothing (SPEC A5.1).
         let _ = link
             .tx
-            .send(Message::Bitfield(Bytes::copy_from_slice(self.picker.have().as_bytes())).into());
+            .send(Message::Bitfield(Bytes::copy_from_slice(self.done_pieces.as_bytes())).into());
+        let blocks = self.layout.has_blocks() && extensions.block_size().is_some();
+        if blocks {
+            // Blocks of pieces we hold only in part: Part A's bitfield cannot say.
+            for u in self.picker.have().iter_set() {
+                let (piece, block) = self.layout.split(u);
+                if !self.done_pieces.has(piece) {
+                    let _ = link.tx.send(Message::HaveBlock { piece, block }.into());
+                }
+            }
+        }
         self.neighbours.insert(
             peer,
             Neighbour {
                 link,
-                bitfield: Bitfield::new(self.config.common.num_pieces()),
+                bitfield: Bitfield::new(self.layout.units()),
                 extensions,
+                blocks,
                 seen_message: false,
                 am_interested: false,
                 peer_interested: false,
@@ -660,8 +752,14 @@ impl Swarm {
     fn pump_uploads(&mut self) {
         let now = tokio::time::Instant::now().into_std();
         loop {
-            let picker = &self.picker;
-            let Some(w) = self.uploads.next(now, |i| picker.availability(i)) else {
+            // Rarest first, and anything we have sent before after everything we
+            // have not (see `upload.rs`): measured, a seeder's duplicates served by
+            // age delayed the last new units of a 16-downloader swarm by 0.8 s.
+            let (picker, sent) = (&self.picker, &self.sent);
+            let Some(w) = self
+                .uploads
+                .next(now, |i| picker.availability(i), |i| sent.has(i))
+            else {
                 return;
             };
             let live = self
@@ -684,12 +782,37 @@ impl Swarm {
             let slot = UploadSlot::new(self.slot_returns_tx.clone());
             let storage = self.storage.clone();
             let tx = self.events_tx.clone();
+            let layout = self.layout;
+            let (piece, _) = layout.split(w.index);
+            if w.block {
+                self.sent.set(w.index);
+            } else {
+                for u in layout.units_of(piece) {
+                    self.sent.set(u);
+                }
+            }
+            // A block needs its piece's chaining values; without them cached (a piece
+            // we hold whole), they are computed from the whole piece once.
+            let need_cvs = w.block && layout.blocks_in(piece) > 1 && !self.cvs.contains_key(&piece);
             tokio::task::spawn_blocking(move || {
-                let result = storage.read_piece(w.index);
+                let result = if !w.block {
+                    storage.read_piece(piece).map(|d| (d, None))
+                } else if need_cvs {
+                    storage.read_piece(piece).map(|whole| {
+                        let cvs: Arc<[Cv]> = blocks::piece_cvs(&whole, layout.block_size()).into();
+                        let (off, len) = layout.unit_range_in_piece(w.index);
+                        (whole.slice(off as usize..(off + len) as usize), Some(cvs))
+                    })
+                } else {
+                    storage
+                        .read_at(layout.unit_offset(w.index), layout.unit_len(w.index))
+                        .map(|d| (d, None))
+                };
                 let _ = tx.blocking_send(SwarmEvent::PieceRead {
                     peer: w.peer,
                     conn: w.conn,
                     index: w.index,
+                    block: w.block,
                     result,
                     slot,
                 });
@@ -746,7 +869,19 @@ impl Swarm {
     }
 
     fn pieces(&self) -> u32 {
-        self.config.common.num_pieces()
+        self.layout.pieces()
+    }
+
+    /// Remembers a piece's chaining values. Bounded: past the bound those of complete
+    /// pieces are dropped (they can be recomputed from disk); partial pieces' stay,
+    /// as they cannot be.
+    fn cache_cvs(&mut self, piece: u32, cvs: Arc<[Cv]>) {
+        const MAX_CACHED: usize = 1 << 16;
+        if self.cvs.len() >= MAX_CACHED {
+            let done = &self.done_pieces;
+            self.cvs.retain(|p, _| !done.has(*p));
+        }
+        self.cvs.insert(piece, cvs);
     }
 
     /// Applies one message; an `Err` closes this connection only.
@@ -764,11 +899,17 @@ impl Swarm {
                     return Err("bitfield sent after other messages".into());
                 }
                 let bf = Bitfield::from_bytes(&bytes, pieces).map_err(|e| e.to_string())?;
-                self.picker.add_peer(&bf);
-                if bf.is_complete() {
+                let mut units = Bitfield::new(self.layout.units());
+                for p in bf.iter_set() {
+                    for u in self.layout.units_of(p) {
+                        units.set(u);
+                    }
+                }
+                self.picker.add_peer(&units);
+                if units.is_complete() {
                     self.known_complete.insert(peer);
                 }
-                self.neighbour(peer)?.bitfield = bf;
+                self.neighbour(peer)?.bitfield = units;
                 self.update_interest(peer);
             }
             Message::Have(i) => {
@@ -779,51 +920,11 @@ impl Swarm {
                     from: peer,
                     piece: i,
                 });
-                // A piece nobody else we know had came from a seeder: that is what
-                // tells us a seeder serves this downloader now (see `served`). Pieces
-                // that helpers fetched and relayed to an owner must not count: they
-                // kept an owner the seeder had choked "active" for ever, so nobody
-                // fetched the bottom of its share (seconds of stall in the demo swarm).
-                let owns = self.downloaders.len() as u32;
-                let slot = self.downloaders.iter().position(|&d| d == peer);
-                // Complete neighbours are counted only for a piece we lack, the one
-                // case where the answer matters (this runs for every `have`).
-                let fresh = slot.is_some()
-                    && !self.picker.have().has(i)
-                    && self.picker.availability(i)
-                        <= self
-                            .neighbours
-                            .values()
-                            .filter(|o| o.bitfield.is_complete())
-                            .count() as u32;
-                let n = self.neighbour(peer)?;
-                if fresh {
-                    let now = tokio::time::Instant::now();
-                    if let Some(last) = n.last_fresh {
-                        let gap = now - last;
-                        n.fresh_gap = Some(n.fresh_gap.map_or(gap, |g| (g * 4 + gap) / 5));
-                    }
-                    n.last_fresh = Some(now);
-                }
-                if n.bitfield.set(i) {
-                    let complete = n.bitfield.is_complete();
-                    self.picker.peer_has(i);
-                    if complete {
-                        self.known_complete.insert(peer);
-                    }
-                    self.last_progress = tokio::time::Instant::now();
-                }
-                if let Some(share) = slot.map(|s| s as u32) {
-                    if fresh {
-                        self.picker.set_active_of(share, true);
-                    }
-                    if fresh || i % owns == share {
-                        let floor = self.share_floor(share);
-                        self.picker.set_share_floor_of(share, floor);
-                    }
-                }
-                self.update_interest(peer);
-                self.fill_requests(peer);
+                self.announced(peer, self.layout.units_of(i))?;
+            }
+            Message::HaveBlock { piece, block } => {
+                let u = self.block_unit(peer, piece, block)?;
+                self.announced(peer, u..u + 1)?;
             }
             Message::Interested => {
                 self.log.write(&Log::ReceivedInterested(peer));
@@ -862,80 +963,95 @@ impl Swarm {
                 if i >= pieces {
                     return Err(format!("request for piece {i} of {pieces}"));
                 }
-                if !self.picker.have().has(i) {
+                if !self.done_pieces.has(i) {
                     return Err(format!("request for piece {i}, which we do not have"));
                 }
-                if !self.choker.is_unchoked(peer) {
-                    tracing::debug!("peer {peer} requested piece {i} while choked; ignored");
-                    return Ok(());
+                let first_unit = self.layout.units_of(i).start;
+                self.accept_request(peer, first_unit, false)?;
+            }
+            Message::RequestBlock { piece, block } => {
+                let u = self.block_unit(peer, piece, block)?;
+                if !self.picker.have().has(u) {
+                    return Err(format!(
+                        "request for block {block} of piece {piece}, which we do not have"
+                    ));
                 }
-                let limit = self.opts.max_queued_bytes;
-                let piece = self.config.common.piece_size as u64;
-                let n = self.neighbour(peer)?;
-                let queued = n.link.queued_bytes.load(Ordering::Relaxed);
-                if queued + (n.reading as u64 + 1) * piece > limit {
-                    tracing::warn!("peer {peer} has too many requests queued; ignoring piece {i}");
-                    return Ok(());
-                }
-                n.reading += 1;
-                let conn = n.link.conn;
-                self.uploads.push(Waiting {
-                    peer,
-                    conn,
-                    index: i,
-                    since: tokio::time::Instant::now().into_std(),
-                });
-                self.pump_uploads();
+                self.accept_request(peer, u, true)?;
             }
             Message::Piece { index, data } => {
                 if index >= pieces {
                     return Err(format!("piece {index} of {pieces}"));
                 }
-                let want = self.config.common.piece_len(index) as usize;
+                let want = self.layout.piece_len(index) as usize;
                 if data.len() != want {
                     return Err(format!(
                         "piece {index} is {} bytes, expected {want}",
                         data.len()
                     ));
                 }
-                let n = self.neighbour(peer)?;
-                let was_requested = match n.outstanding.iter().position(|&p| p == index) {
-                    Some(pos) => {
-                        n.outstanding.swap_remove(pos);
-                        true
-                    }
-                    None => false,
-                };
-                n.bytes_this_interval += data.len() as u64;
-                n.waiting_since = (!n.outstanding.is_empty()).then(tokio::time::Instant::now);
-                if self.picker.have().has(index) || self.writing.contains(&index) {
-                    tracing::debug!("peer {peer} sent piece {index}, which we already have");
-                } else if !was_requested && self.writing.len() >= self.max_writing() {
-                    // Unrequested data must not grow the disk queue without bound.
-                    tracing::debug!("dropping unrequested piece {index} from peer {peer}");
-                } else {
-                    if !was_requested && self.picker.is_pending(index) {
-                        // Requested from someone else after a choke; this copy wins and
-                        // the other request is left to arrive as a duplicate.
-                        tracing::debug!("piece {index} arrived from {peer} unrequested");
-                    }
-                    self.picker.mark_pending(index);
-                    self.writing.insert(index);
-                    let storage = self.storage.clone();
-                    let tx = self.events_tx.clone();
+                let units = self.layout.units_of(index);
+                if self.receive(peer, units.clone(), data.len())? {
                     let manifest = self.manifest.clone();
-                    tokio::task::spawn_blocking(move || {
-                        // Verify before writing: a bad copy never touches the file.
-                        let result = if manifest.is_some_and(|m| !m.verify(index, &data)) {
-                            Err(PieceError::Corrupt)
-                        } else {
-                            storage.write_piece(index, &data).map_err(PieceError::Disk)
-                        };
-                        let _ = tx.blocking_send(SwarmEvent::PieceWritten {
-                            index,
-                            from: peer,
-                            result,
-                        });
+                    self.store(peer, index, units, data, move |data| {
+                        manifest.is_none_or(|m| m.verify(index, data))
+                    });
+                }
+                self.fill_requests(peer);
+            }
+            Message::Block {
+                piece,
+                block,
+                cvs,
+                data,
+            } => {
+                let u = self.block_unit(peer, piece, block)?;
+                let want = self.layout.unit_len(u) as usize;
+                if data.len() != want {
+                    return Err(format!(
+                        "block {block} of piece {piece} is {} bytes, expected {want}",
+                        data.len()
+                    ));
+                }
+                if self.receive(peer, u..u + 1, data.len())? {
+                    // The chaining values must merge to the manifest's hash of the
+                    // piece (cheap: one merge per block) before the block's own hash
+                    // is checked against its value, off this task.
+                    let blocks_in = self.layout.blocks_in(piece);
+                    let bs = self.layout.block_size();
+                    let piece_len = self.layout.piece_len(piece) as u64;
+                    let known: Option<Arc<[Cv]>> = if blocks_in == 1 {
+                        None
+                    } else if let Some(c) = self.cvs.get(&piece) {
+                        Some(c.clone())
+                    } else {
+                        let parsed: Vec<Cv> = cvs
+                            .chunks_exact(32)
+                            .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+                            .collect();
+                        let proven = parsed.len() == blocks_in as usize
+                            && self.manifest.as_ref().is_none_or(|m| {
+                                m.piece_hash(piece).is_some_and(|h| {
+                                    blocks::root_of(&parsed, piece_len, bs) == Some(h)
+                                })
+                            });
+                        proven.then(|| {
+                            let c: Arc<[Cv]> = parsed.into();
+                            self.cache_cvs(piece, c.clone());
+                            c
+                        })
+                    };
+                    let manifest = self.manifest.clone();
+                    let offset = block as u64 * bs as u64;
+                    self.store(peer, piece, u..u + 1, data, move |data| {
+                        if blocks_in == 1 {
+                            return manifest.is_none_or(|m| m.verify(piece, data));
+                        }
+                        if manifest.is_none() {
+                            return true;
+                        }
+                        known.is_some_and(|c| {
+                            c.get(block as usize) == Some(&blocks::block_cv(data, offset))
+                        })
                     });
                 }
                 self.fill_requests(peer);
@@ -944,29 +1060,216 @@ impl Swarm {
         Ok(())
     }
 
+    /// The unit of a block a neighbour named, if it exists (and BLOCKS is on).
+    fn block_unit(&self, peer: u32, piece: u32, block: u32) -> Result<u32, String> {
+        if !self.neighbours.get(&peer).is_some_and(|n| n.blocks) {
+            return Err("block message without BLOCKS".into());
+        }
+        self.layout
+            .unit(piece, block)
+            .ok_or_else(|| format!("block {block} of piece {piece} does not exist"))
+    }
+
+    /// A neighbour announced it holds `units` (a `have`, or a `have-block`).
+    fn announced(&mut self, peer: u32, units: std::ops::Range<u32>) -> Result<(), String> {
+        // A unit nobody else we know had came from a seeder: that is what tells us
+        // a seeder serves this downloader now (see `served`). Units that helpers
+        // fetched and relayed to an owner must not count: they kept an owner the
+        // seeder had choked "active" for ever, so nobody fetched the bottom of its
+        // share (seconds of stall in the demo swarm).
+        let owns = self.downloaders.len() as u32;
+        let slot = self.downloaders.iter().position(|&d| d == peer);
+        // Only units it had not announced yet (a `have` may follow `have-block`s).
+        let new: Vec<u32> = {
+            let n = self.neighbour(peer)?;
+            units.clone().filter(|&u| !n.bitfield.has(u)).collect()
+        };
+        // Complete neighbours are counted only for a unit we lack, the one case
+        // where the answer matters (this runs for every `have`).
+        let fresh = slot.is_some()
+            && new.iter().any(|&u| {
+                !self.picker.have().has(u)
+                    && self.picker.availability(u)
+                        <= self
+                            .neighbours
+                            .values()
+                            .filter(|o| o.bitfield.is_complete())
+                            .count() as u32
+            });
+        let n = self.neighbour(peer)?;
+        if fresh {
+            let now = tokio::time::Instant::now();
+            if let Some(last) = n.last_fresh {
+                let gap = now - last;
+                n.fresh_gap = Some(n.fresh_gap.map_or(gap, |g| (g * 4 + gap) / 5));
+            }
+            n.last_fresh = Some(now);
+        }
+        for &u in &new {
+            n.bitfield.set(u);
+        }
+        let complete = n.bitfield.is_complete();
+        if !new.is_empty() {
+            for &u in &new {
+                self.picker.peer_has(u);
+            }
+            if complete {
+                self.known_complete.insert(peer);
+            }
+            self.last_progress = tokio::time::Instant::now();
+        }
+        if let Some(share) = slot.map(|s| s as u32) {
+            if fresh {
+                self.picker.set_active_of(share, true);
+            }
+            if fresh || new.iter().any(|&u| u % owns == share) {
+                let floor = self.share_floor(share);
+                self.picker.set_share_floor_of(share, floor);
+            }
+        }
+        self.update_interest(peer);
+        self.fill_requests(peer);
+        Ok(())
+    }
+
+    /// Queues an upload of unit `index` (`block`) or of the piece starting there.
+    fn accept_request(&mut self, peer: u32, index: u32, block: bool) -> Result<(), String> {
+        if !self.choker.is_unchoked(peer) {
+            tracing::debug!("peer {peer} requested unit {index} while choked; ignored");
+            return Ok(());
+        }
+        let limit = self.opts.max_queued_bytes;
+        let size = if block {
+            self.layout.block_size()
+        } else {
+            self.config.common.piece_size
+        } as u64;
+        let n = self.neighbour(peer)?;
+        let queued = n.link.queued_bytes.load(Ordering::Relaxed);
+        if queued + (n.reading as u64 + 1) * size > limit {
+            tracing::warn!("peer {peer} has too many requests queued; ignoring unit {index}");
+            return Ok(());
+        }
+        n.reading += 1;
+        let conn = n.link.conn;
+        self.uploads.push(Waiting {
+            peer,
+            conn,
+            index,
+            block,
+            since: tokio::time::Instant::now().into_std(),
+        });
+        self.pump_uploads();
+        Ok(())
+    }
+
+    /// Book-keeping for arriving data of `units`; `Ok(true)` when it should be
+    /// verified and stored.
+    fn receive(
+        &mut self,
+        peer: u32,
+        units: std::ops::Range<u32>,
+        len: usize,
+    ) -> Result<bool, String> {
+        let max_writing = self.max_writing();
+        let writing_full = self.writing.len() >= max_writing;
+        let n = self.neighbour(peer)?;
+        let before = n.outstanding.len();
+        n.outstanding.retain(|u| !units.contains(u));
+        let was_requested = n.outstanding.len() < before;
+        n.bytes_this_interval += len as u64;
+        n.waiting_since = (!n.outstanding.is_empty()).then(tokio::time::Instant::now);
+        let have = self.picker.have();
+        if units
+            .clone()
+            .all(|u| have.has(u) || self.writing.contains(&u))
+        {
+            tracing::debug!("peer {peer} sent units {units:?}, which we already have");
+            return Ok(false);
+        }
+        if !was_requested && writing_full {
+            // Unrequested data must not grow the disk queue without bound.
+            tracing::debug!("dropping unrequested units {units:?} from peer {peer}");
+            return Ok(false);
+        }
+        if !was_requested {
+            // Requested from someone else after a choke; this copy wins and the
+            // other request is left to arrive as a duplicate.
+            tracing::debug!("units {units:?} arrived from {peer} unrequested");
+        }
+        for u in units {
+            self.picker.mark_pending(u);
+            self.writing.insert(u);
+        }
+        Ok(true)
+    }
+
+    /// Verifies (`check`, off this task: a bad copy never touches the file) and
+    /// writes `units` of `piece`, reporting [`SwarmEvent::Written`].
+    fn store(
+        &self,
+        from: u32,
+        piece: u32,
+        units: std::ops::Range<u32>,
+        data: Bytes,
+        check: impl FnOnce(&[u8]) -> bool + Send + 'static,
+    ) {
+        let storage = self.storage.clone();
+        let tx = self.events_tx.clone();
+        let offset = self.layout.unit_offset(units.start);
+        tokio::task::spawn_blocking(move || {
+            let result = if !check(&data) {
+                Err(PieceError::Corrupt)
+            } else {
+                storage.write_at(offset, &data).map_err(PieceError::Disk)
+            };
+            let _ = tx.blocking_send(SwarmEvent::Written {
+                piece,
+                units,
+                from,
+                result,
+            });
+        });
+    }
+
     fn neighbour(&mut self, peer: u32) -> Result<&mut Neighbour, String> {
         self.neighbours
             .get_mut(&peer)
             .ok_or_else(|| format!("peer {peer} is not connected"))
     }
 
-    fn on_piece_stored(&mut self, index: u32, from: u32) {
-        if !self.picker.complete(index) {
+    fn on_stored(&mut self, piece: u32, units: std::ops::Range<u32>, from: u32) {
+        let new: Vec<u32> = units.filter(|&u| self.picker.complete(u)).collect();
+        if new.is_empty() {
             return;
         }
         self.last_progress = tokio::time::Instant::now();
-        tracing::trace!("stored {index} from {from}");
-        let count = self.picker.have().count();
-        self.log.write(&Log::Downloaded {
-            piece: index,
-            from,
-            count,
-        });
+        tracing::trace!("stored {new:?} of piece {piece} from {from}");
+        let whole = self
+            .layout
+            .units_of(piece)
+            .all(|u| self.picker.have().has(u));
         let ids: Vec<u32> = self.neighbours.keys().copied().collect();
-        for &id in &ids {
-            if let Some(n) = self.neighbours.get(&id) {
-                let _ = n.link.tx.send(Message::Have(index).into());
+        if whole && self.done_pieces.set(piece) {
+            let count = self.done_pieces.count();
+            self.log.write(&Log::Downloaded { piece, from, count });
+            for &id in &ids {
+                if let Some(n) = self.neighbours.get(&id) {
+                    let _ = n.link.tx.send(Message::Have(piece).into());
+                }
             }
+        } else if !whole {
+            // Blocks travel on at once to neighbours that trade blocks and lack
+            // them (every announcement is a packet of its own); the others hear of
+            // the piece when it is whole.
+            for n in self.neighbours.values().filter(|n| n.blocks) {
+                for &u in new.iter().filter(|&&u| !n.bitfield.has(u)) {
+                    let (piece, block) = self.layout.split(u);
+                    let _ = n.link.tx.send(Message::HaveBlock { piece, block }.into());
+                }
+            }
+        }
+        for &id in &ids {
             self.update_interest(id);
         }
         if self.picker.have().is_complete() {
@@ -1058,13 +1361,13 @@ impl Swarm {
     }
 
     fn request_more(&mut self, peer: u32, seeder: bool, hidden: &[u32]) {
-        // Pieces we can get from a downloader that unchokes us now: not asked of a
+        // Units we can get from a downloader that unchokes us now: not asked of a
         // seeder. One that chokes us does not count (small k: waiting for it to
         // unchoke us stalled a loopback swarm for seconds).
         let mut elsewhere = Vec::new();
         let mut complete = 0;
         if seeder {
-            elsewhere = vec![0u8; self.pieces().div_ceil(8) as usize];
+            elsewhere = vec![0u8; self.layout.units().div_ceil(8) as usize];
             for (&id, o) in &self.neighbours {
                 if o.bitfield.is_complete() {
                     complete += 1;
@@ -1075,66 +1378,126 @@ impl Swarm {
                 }
             }
         }
+        // A neighbour without BLOCKS sends whole pieces: offer the picker only the
+        // units of pieces none of whose units we hold or asked for.
+        let whole =
+            self.layout.has_blocks() && !self.neighbours.get(&peer).is_some_and(|n| n.blocks);
+        let masked = whole.then(|| self.whole_pieces_of(peer));
+        let layout = self.layout;
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return;
         };
         if n.peer_choking {
             return;
         }
+        let theirs = masked.unwrap_or_else(|| n.bitfield.clone());
         let depth = if n.extensions.contains(Extensions::PIPELINE) {
             // Twice as deep towards a seeder: only our own share is asked of it, so
             // depth costs no duplicates there, and at the end of a run its flow to us
-            // must fill its whole upload alone.
-            self.opts.pipeline_depth.max(1) * if seeder { 2 } else { 1 }
+            // must fill its whole upload alone. `pipeline_depth` counts units; whole
+            // pieces are asked for as many bytes' worth.
+            let units = self.opts.pipeline_depth.max(1) * if seeder { 2 } else { 1 };
+            if whole {
+                (units / layout.units_of(0).len()).max(1)
+            } else {
+                units
+            }
         } else {
             1
         };
-        while n.outstanding.len() < depth {
+        let requests = |o: &[u32]| {
+            if whole {
+                o.iter()
+                    .map(|&u| layout.piece_of(u))
+                    .collect::<HashSet<u32>>()
+                    .len()
+            } else {
+                o.len()
+            }
+        };
+        while requests(&n.outstanding) < depth {
             let choice = if seeder {
                 self.picker
-                    .pick_from_seeder(&n.bitfield, &elsewhere, complete, &mut self.rng)
+                    .pick_from_seeder(&theirs, &elsewhere, complete, &mut self.rng)
             } else {
-                self.picker.pick(&n.bitfield, &mut self.rng)
+                self.picker.pick(&theirs, &mut self.rng)
             };
-            let Some(i) = choice else {
+            let Some(u) = choice else {
                 break;
             };
-            self.picker.mark_pending(i);
-            n.outstanding.push(i);
-            tracing::trace!("request {i} from {peer}");
-            let _ = n.link.tx.send(Message::Request(i).into());
+            tracing::trace!("request {u} from {peer}");
+            if whole {
+                let piece = layout.piece_of(u);
+                for v in layout.units_of(piece) {
+                    self.picker.mark_pending(v);
+                    n.outstanding.push(v);
+                }
+                let _ = n.link.tx.send(Message::Request(piece).into());
+            } else {
+                self.picker.mark_pending(u);
+                n.outstanding.push(u);
+                let _ = n.link.tx.send(unit_request(&layout, n.blocks, u).into());
+            }
         }
         if !n.outstanding.is_empty() && n.waiting_since.is_none() {
             n.waiting_since = Some(tokio::time::Instant::now());
         }
-        // Endgame (default mode): every missing piece is requested somewhere and this
+        // Endgame (default mode): every missing unit is requested somewhere and this
         // connection is idle, so ask it for one of them too rather than wait on the
         // slowest neighbour. One extra copy per idle connection at most; duplicates
         // are dropped on arrival.
         // Never from a peer listed with the file: its upload is the swarm's bottleneck.
         if !self.opts.strict
             && !seeder
+            && !whole
             && n.outstanding.is_empty()
             && self.picker.unrequested_missing() == 0
         {
             let writing = &self.writing;
-            if let Some(i) = self.picker.pick_endgame(
+            if let Some(u) = self.picker.pick_endgame(
                 &n.bitfield,
                 |i| writing.contains(&i) || hidden.contains(&i),
                 &mut self.rng,
             ) {
-                n.outstanding.push(i);
-                let _ = n.link.tx.send(Message::Request(i).into());
+                n.outstanding.push(u);
+                let _ = n.link.tx.send(unit_request(&layout, n.blocks, u).into());
                 n.waiting_since
                     .get_or_insert_with(tokio::time::Instant::now);
             }
         }
     }
 
-    /// Pieces received and not yet stored that we allow before asking for more:
-    /// about 16 MiB, at least 4.
+    /// The units of `peer`'s bitfield that belong to pieces we lack some unit of and
+    /// have asked nobody for any unit of: what may be asked of it with a whole-piece
+    /// request. Units of the piece we already hold come again (and are rewritten with
+    /// the same verified bytes): without that, a piece we hold in part could never be
+    /// completed from a peer that trades whole pieces (found by
+    /// `tests/swarm.rs::blocks_whole_pieces_and_strict_peers_mix`, which deadlocked).
+    fn whole_pieces_of(&self, peer: u32) -> Bitfield {
+        let mut out = Bitfield::new(self.layout.units());
+        let Some(n) = self.neighbours.get(&peer) else {
+            return out;
+        };
+        let have = self.picker.have();
+        for p in 0..self.layout.pieces() {
+            let units = self.layout.units_of(p);
+            if n.bitfield.has(units.start)
+                && units.clone().any(|u| !have.has(u))
+                && units.clone().all(|u| !self.picker.is_pending(u))
+            {
+                for u in units {
+                    out.set(u);
+                }
+            }
+        }
+        out
+    }
+
+    /// Units received and not yet stored that we allow before asking for more:
+    /// about 16 MiB, at least 4 pieces' worth.
     fn max_writing(&self) -> usize {
-        ((16 << 20) / self.config.common.piece_size as usize).max(4)
+        let unit = self.layout.block_size() as usize;
+        ((16 << 20) / unit).max(4 * self.layout.units_of(0).len())
     }
 
     fn candidates(&self) -> Vec<Candidate> {
@@ -1185,5 +1548,15 @@ impl Swarm {
                 let _ = n.link.tx.send(Message::Unchoke.into());
             }
         }
+    }
+}
+
+/// The request for unit `u`: a block, or (blocks off) the piece it is.
+fn unit_request(layout: &Layout, blocks: bool, u: u32) -> Message {
+    if blocks {
+        let (piece, block) = layout.split(u);
+        Message::RequestBlock { piece, block }
+    } else {
+        Message::Request(layout.piece_of(u))
     }
 }

@@ -11,7 +11,11 @@
 //! Among waiting requests the rarest piece (fewest neighbours have it) goes first:
 //! a piece just injected by a seeder has to reach everyone, one that most already
 //! hold does not hold anybody up. A request that has waited `max_wait` is served
-//! before any fresher one, so common pieces are never starved.
+//! before any fresher one, so common pieces are never starved. Above both: a piece
+//! we have never sent goes before any we have sent before. One we sent is already
+//! on its way into the swarm even if nobody announced it yet; for a seeder, whose
+//! upload is the swarm's bottleneck, it is a duplicate, and serving it first (as the
+//! age rule did when every request had waited seconds) delayed the last new pieces.
 //!
 //! [`UploadQueue`] is pure logic (no clock of its own, no I/O); [`UploadSlot`] is the
 //! token that travels with a piece to the connection's writer and gives the slot
@@ -25,7 +29,10 @@ use tokio::sync::mpsc;
 pub struct Waiting {
     pub peer: u32,
     pub conn: u64,
+    /// The unit asked for (a BLOCKS `request-block`), or the first unit of the piece
+    /// asked for (a Part A `request`); see `blocks.rs`.
     pub index: u32,
+    pub block: bool,
     pub since: Instant,
 }
 
@@ -79,16 +86,23 @@ impl UploadQueue {
     /// The request to serve now, if a slot is free: the oldest one that has waited
     /// `max_wait`, else the rarest (`rarity`: how many neighbours have the piece),
     /// oldest first among equals. Takes a slot; give it back with [`Self::done`].
-    pub fn next(&mut self, now: Instant, rarity: impl Fn(u32) -> u32) -> Option<Waiting> {
+    pub fn next(
+        &mut self,
+        now: Instant,
+        rarity: impl Fn(u32) -> u32,
+        sent_before: impl Fn(u32) -> bool,
+    ) -> Option<Waiting> {
         if self.waiting.is_empty() || (self.slots > 0 && self.busy >= self.slots) {
             return None;
         }
+        let new_first = self.waiting.iter().any(|w| !sent_before(w.index));
+        let eligible = |w: &Waiting| !new_first || !sent_before(w.index);
         let overdue = |w: &Waiting| now.saturating_duration_since(w.since) >= self.max_wait;
         let pos = match self
             .waiting
             .iter()
             .enumerate()
-            .filter(|(_, w)| overdue(w))
+            .filter(|(_, w)| eligible(w) && overdue(w))
             .min_by_key(|(_, w)| w.since)
         {
             Some((pos, _)) => pos,
@@ -96,6 +110,7 @@ impl UploadQueue {
                 .waiting
                 .iter()
                 .enumerate()
+                .filter(|(_, w)| eligible(w))
                 .min_by_key(|(_, w)| (rarity(w.index), w.since))
                 .map(|(pos, _)| pos)?,
         };
@@ -140,6 +155,7 @@ mod tests {
     fn w(peer: u32, index: u32, since: Instant) -> Waiting {
         Waiting {
             peer,
+            block: false,
             conn: 1,
             index,
             since,
@@ -156,17 +172,17 @@ mod tests {
         q.push(w(4, 31, t0 + Duration::from_millis(3)));
         let rarity = |i: u32| if i >= 30 { 0 } else { 3 };
         let now = t0 + Duration::from_secs(1);
-        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(30));
+        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(30));
         // One slot: nothing more until it is given back.
-        assert_eq!(q.next(now, rarity), None);
+        assert_eq!(q.next(now, rarity, never), None);
         q.done();
-        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(31));
+        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(31));
         q.done();
-        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(10));
+        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(10));
         q.done();
-        assert_eq!(q.next(now, rarity).map(|w| w.index), Some(20));
+        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(20));
         q.done();
-        assert_eq!(q.next(now, rarity), None);
+        assert_eq!(q.next(now, rarity, never), None);
         assert!(q.is_empty());
     }
 
@@ -178,14 +194,33 @@ mod tests {
         q.push(w(2, 8, t0 + Duration::from_secs(4)));
         let rarity = |i: u32| if i == 8 { 0 } else { 9 };
         assert_eq!(
-            q.next(t0 + Duration::from_secs(5), rarity).map(|w| w.index),
+            q.next(t0 + Duration::from_secs(5), rarity, never)
+                .map(|w| w.index),
             Some(7)
         );
         assert_eq!(
-            q.next(t0 + Duration::from_secs(5), rarity).map(|w| w.index),
+            q.next(t0 + Duration::from_secs(5), rarity, never)
+                .map(|w| w.index),
             Some(8)
         );
         assert_eq!(q.busy(), 2);
+    }
+
+    fn never(_: u32) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_piece_never_sent_goes_before_any_sent_before_however_old() {
+        let t0 = Instant::now();
+        let mut q = UploadQueue::new(1, Duration::from_secs(1));
+        q.push(w(1, 5, t0));
+        q.push(w(2, 6, t0 + Duration::from_secs(8)));
+        let sent = |i: u32| i == 5;
+        let now = t0 + Duration::from_secs(9);
+        assert_eq!(q.next(now, |_| 0, sent).map(|w| w.index), Some(6));
+        q.done();
+        assert_eq!(q.next(now, |_| 0, sent).map(|w| w.index), Some(5));
     }
 
     #[test]
@@ -198,7 +233,7 @@ mod tests {
         assert_eq!(q.cancel(1), 2);
         assert_eq!(q.len(), 1);
         // slots = 0: no limit.
-        assert_eq!(q.next(t0, |_| 0).map(|w| w.peer), Some(2));
+        assert_eq!(q.next(t0, |_| 0, never).map(|w| w.peer), Some(2));
         assert_eq!(q.busy(), 1);
     }
 

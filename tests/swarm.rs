@@ -14,7 +14,10 @@ const STAGGER: Duration = Duration::from_millis(150);
 
 /// Runs a whole swarm started in file order and checks exits, copies and logs.
 fn run_swarm(spec: SwarmSpec, opts: impl Fn(usize) -> PeerOpts) -> Swarm {
-    let swarm = Swarm::create(spec);
+    run_prepared(Swarm::create(spec), opts)
+}
+
+fn run_prepared(swarm: Swarm, opts: impl Fn(usize) -> PeerOpts) -> Swarm {
     let started = Instant::now();
     let mut procs = swarm.spawn_all(STAGGER, opts);
     swarm.wait_all_success(&mut procs, SWARM_DEADLINE);
@@ -125,6 +128,99 @@ fn six_peers_two_seeders_mixed_strict_and_default() {
             ..PeerOpts::default()
         })
     });
+}
+
+/// `p2pshare manifest --dir` for a swarm directory (hashes of the seeder's copy).
+fn write_manifest(swarm: &Swarm) {
+    let out = Command::new(P2PSHARE_EXE)
+        .arg("manifest")
+        .arg("--dir")
+        .arg(swarm.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run p2pshare manifest");
+    assert!(
+        out.status.success(),
+        "p2pshare manifest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Peers traced enough to see what they stored: a block alone (`stored [u] of
+/// piece p`) or a whole piece of 4 units.
+fn traced(mut opts: PeerOpts, block_size: &str) -> PeerOpts {
+    opts.extra
+        .extend(["--block-size".to_string(), block_size.to_string()]);
+    opts.env
+        .push(("RUST_LOG".into(), "p2pshare::swarm=trace".into()));
+    opts
+}
+
+/// Blocks stored alone, in pieces of more than one block (the short last piece may
+/// be a single block).
+fn single_blocks_stored(swarm: &Swarm, id: u32) -> usize {
+    let re = Regex::new(r"stored \[\d+\] of piece (\d+)").unwrap();
+    let last = swarm.num_pieces() - 1;
+    let err = std::fs::read_to_string(swarm.stderr_path(id)).unwrap_or_default();
+    re.captures_iter(&err)
+        .filter(|c| c[1].parse::<u32>().is_ok_and(|p| p != last))
+        .count()
+}
+
+/// Default peers trade 4 KiB blocks of the 16 KiB pieces (BLOCKS), each verified
+/// against the manifest on arrival; the file ends in a short piece whose last
+/// block is short too. Every downloader must have stored single blocks (so blocks
+/// were really traded), and copies and logs are as in any other swarm.
+#[test]
+fn six_peers_trade_verified_blocks() {
+    let spec = SwarmSpec {
+        file_size: 3_000_000 + 5_000,
+        ..six_peer_spec(vec![0, 3])
+    };
+    assert_ne!(spec.file_size % 4096, 0);
+    let swarm = Swarm::create(spec);
+    write_manifest(&swarm);
+    let swarm = run_prepared(swarm, |_| traced(limited(PeerOpts::default()), "4096"));
+    for id in swarm.ids() {
+        if !swarm.is_seeder(id) {
+            assert!(
+                single_blocks_stored(&swarm, id) > 0,
+                "peer {id} stored no single block: BLOCKS was not used\n{}",
+                swarm.diagnostics()
+            );
+        }
+    }
+}
+
+/// Blocks and whole pieces in one swarm: strict peers (plain, whole pieces), default
+/// peers with 4 KiB blocks, and one default peer with 8 KiB blocks, which agrees on
+/// BLOCKS with nobody and so trades whole pieces with everyone. Pieces assembled
+/// from blocks are served whole to plain peers and the other way round.
+#[test]
+fn blocks_whole_pieces_and_strict_peers_mix() {
+    let spec = SwarmSpec {
+        file_size: 3_000_000 + 5_000,
+        ..six_peer_spec(vec![0])
+    };
+    let swarm = Swarm::create(spec);
+    write_manifest(&swarm);
+    let ids = swarm.ids();
+    let swarm = run_prepared(swarm, |i| match i {
+        1 | 4 => limited(PeerOpts::strict(true)),
+        2 => traced(limited(PeerOpts::default()), "8192"),
+        _ => traced(limited(PeerOpts::default()), "4096"),
+    });
+    // The two 4 KiB downloaders trade blocks with each other.
+    for i in [3, 5] {
+        assert!(
+            single_blocks_stored(&swarm, ids[i]) > 0,
+            "peer {} stored no single block\n{}",
+            ids[i],
+            swarm.diagnostics()
+        );
+    }
+    // The 8 KiB one has no partner: it must have stored whole pieces only.
+    assert_eq!(single_blocks_stored(&swarm, ids[2]), 0);
 }
 
 /// The second peer starts ~2 s after the others, so the later peers have to keep

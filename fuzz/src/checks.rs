@@ -33,10 +33,28 @@ pub const TARGETS: &[(&str, Check)] = &[
 
 // ---------------------------------------------------------------------------- frame
 
-/// `(piece_size, pieces)` swarms the codec is run with: a tiny one (largest legal body
-/// 6 bytes: a piece of one byte), one where the bitfield is the largest legal message,
-/// and the SPEC A1 example.
-const SWARMS: &[(u32, u32)] = &[(1, 1), (4, 1000), (16384, 133)];
+/// `(piece_size, pieces, blocks)` swarms the codec is run with: a tiny one (largest
+/// legal body 6 bytes: a piece of one byte), one where the bitfield is the largest
+/// legal message, and the SPEC A1 example; then connections that negotiated BLOCKS
+/// (`(block_size, blocks per piece)`, message types 8-10 legal).
+const SWARMS: &[(u32, u32, Option<Blocks>)] = &[
+    (1, 1, None),
+    (4, 1000, None),
+    (16384, 133, None),
+    (16384, 133, Some((4096, 4))),
+    (2048, 10, Some((1024, 2))),
+];
+
+/// `(block_size, blocks per piece)` of a connection that negotiated BLOCKS.
+type Blocks = (u32, u32);
+
+fn codec_for(piece_size: u32, pieces: u32, blocks: Option<Blocks>) -> MessageCodec {
+    let codec = MessageCodec::new(piece_size, pieces);
+    match blocks {
+        Some((size, per_piece)) => codec.with_blocks(size, per_piece),
+        None => codec,
+    }
+}
 
 /// What decoding a byte stream produced: the messages, then how it stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,11 +68,15 @@ struct Decoded {
 /// checking each message re-encodes to exactly the bytes it consumed; then feed it in
 /// chunks of several sizes and check the outcome does not depend on the split.
 pub fn frame(data: &[u8]) {
-    for &(piece_size, pieces) in SWARMS {
-        let whole = decode_whole(data, piece_size, pieces);
+    for &(piece_size, pieces, blocks) in SWARMS {
+        let whole = decode_whole(
+            data,
+            codec_for(piece_size, pieces, blocks),
+            blocks.is_some(),
+        );
         let odd = data.len() % 13 + 1;
         for chunk in [1, 5, odd] {
-            let split = decode_chunked(data, chunk, piece_size, pieces);
+            let split = decode_chunked(data, chunk, codec_for(piece_size, pieces, blocks));
             assert_eq!(
                 split, whole,
                 "chunks of {chunk} decode differently from the whole stream \
@@ -64,8 +86,7 @@ pub fn frame(data: &[u8]) {
     }
 }
 
-fn decode_whole(data: &[u8], piece_size: u32, pieces: u32) -> Decoded {
-    let mut codec = MessageCodec::new(piece_size, pieces);
+fn decode_whole(data: &[u8], mut codec: MessageCodec, blocks: bool) -> Decoded {
     let max_body = codec.max_body();
     assert!(
         max_body >= 5,
@@ -106,7 +127,7 @@ fn decode_whole(data: &[u8], piece_size: u32, pieces: u32) -> Decoded {
                 };
             }
             Err(e) => {
-                check_decode_error(&e, &data[offset..], max_body);
+                check_decode_error(&e, &data[offset..], max_body, blocks);
                 return Decoded {
                     messages,
                     error: Some(e.to_string()),
@@ -117,7 +138,7 @@ fn decode_whole(data: &[u8], piece_size: u32, pieces: u32) -> Decoded {
 }
 
 /// The error names a real fault of the frame at the head of `rest`.
-fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32) {
+fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32, blocks: bool) {
     assert!(rest.len() >= 4, "{e} before a whole length field");
     let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
     match e {
@@ -128,7 +149,7 @@ fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32) {
         }
         DecodeError::UnknownType(t) => {
             assert_eq!(rest.get(4), Some(t));
-            assert!(*t > 7);
+            assert!(*t > if blocks { 10 } else { 7 });
         }
         DecodeError::BadPayload { .. } => {
             assert!(rest.len() >= 4 + len as usize, "{e} on an incomplete frame");
@@ -137,6 +158,12 @@ fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32) {
                 0..=3 => assert_ne!(payload, 0, "{e}"),
                 4 | 6 => assert_ne!(payload, 4, "{e}"),
                 7 => assert!(payload < 4, "{e}"),
+                8 | 9 if blocks => assert_ne!(payload, 8, "{e}"),
+                10 if blocks => assert!(
+                    payload < 10
+                        || payload - 10 < 32 * u16::from_be_bytes([rest[13], rest[14]]) as usize,
+                    "{e}"
+                ),
                 t => panic!("{e} for type {t}"),
             }
         }
@@ -144,8 +171,7 @@ fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32) {
     }
 }
 
-fn decode_chunked(data: &[u8], chunk: usize, piece_size: u32, pieces: u32) -> Decoded {
-    let mut codec = MessageCodec::new(piece_size, pieces);
+fn decode_chunked(data: &[u8], chunk: usize, mut codec: MessageCodec) -> Decoded {
     let mut buf = BytesMut::new();
     let mut messages = Vec::new();
     for part in data.chunks(chunk) {
