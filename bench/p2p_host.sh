@@ -84,4 +84,6 @@ if [ "$i" -eq 0 ]; then
   [ "$rc" -eq 0 ] && exec sleep infinity
   exit "$rc"
 fi
-exec "$bin" "$id" --dir "$dir" "$@"
+# P2P_PEER_ARGS: extra arguments for the downloaders only (experiments).
+# shellcheck disable=SC2086
+exec "$bin" "$id" --dir "$dir" "$@" ${P2P_PEER_ARGS:-}

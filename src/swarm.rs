@@ -146,6 +146,11 @@ struct Neighbour {
     outstanding: Vec<u32>,
     /// BLOCKS negotiated: we trade blocks with it; otherwise whole pieces.
     blocks: bool,
+    /// For a downloader: the lowest unit of its own share (see `share_floor`) it has
+    /// not announced, advanced as it announces (its bitfield only grows). Kept
+    /// rather than searched for: a search on every announcement cost time quadratic
+    /// in the number of units.
+    frontier: u32,
     /// Requests of theirs we are reading from disk.
     reading: u32,
     bytes_this_interval: u64,
@@ -434,10 +439,7 @@ impl Swarm {
         }
         // The owner asks a seeder for its share in ascending order, at most
         // `2 * pipeline_depth` requests ahead of its lowest missing piece.
-        let mut frontier = share;
-        while frontier < n && owner.bitfield.has(frontier) {
-            frontier += of;
-        }
+        let frontier = owner.frontier.max(share);
         let margin = 2 * self.opts.pipeline_depth.max(1) as u32 + 2;
         frontier.saturating_add(margin.saturating_mul(of)).min(n)
     }
@@ -730,6 +732,7 @@ impl Swarm {
                 bitfield: Bitfield::new(self.layout.units()),
                 extensions,
                 blocks,
+                frontier: 0,
                 seen_message: false,
                 am_interested: false,
                 peer_interested: false,
@@ -909,7 +912,13 @@ impl Swarm {
                 if units.is_complete() {
                     self.known_complete.insert(peer);
                 }
-                self.neighbour(peer)?.bitfield = units;
+                let share = self.downloaders.iter().position(|&d| d == peer);
+                let owns = self.downloaders.len() as u32;
+                let n = self.neighbour(peer)?;
+                n.bitfield = units;
+                if let Some(share) = share {
+                    advance_frontier(n, share as u32, owns);
+                }
                 self.update_interest(peer);
             }
             Message::Have(i) => {
@@ -1107,6 +1116,9 @@ impl Swarm {
         }
         for &u in &new {
             n.bitfield.set(u);
+        }
+        if let Some(share) = slot {
+            advance_frontier(n, share as u32, owns);
         }
         let complete = n.bitfield.is_complete();
         if !new.is_empty() {
@@ -1390,7 +1402,7 @@ impl Swarm {
         if n.peer_choking {
             return;
         }
-        let theirs = masked.unwrap_or_else(|| n.bitfield.clone());
+        let theirs = masked.as_ref().unwrap_or(&n.bitfield);
         let depth = if n.extensions.contains(Extensions::PIPELINE) {
             // Twice as deep towards a seeder: only our own share is asked of it, so
             // depth costs no duplicates there, and at the end of a run its flow to us
@@ -1418,9 +1430,9 @@ impl Swarm {
         while requests(&n.outstanding) < depth {
             let choice = if seeder {
                 self.picker
-                    .pick_from_seeder(&theirs, &elsewhere, complete, &mut self.rng)
+                    .pick_from_seeder(theirs, &elsewhere, complete, &mut self.rng)
             } else {
-                self.picker.pick(&theirs, &mut self.rng)
+                self.picker.pick(theirs, &mut self.rng)
             };
             let Some(u) = choice else {
                 break;
@@ -1559,4 +1571,15 @@ fn unit_request(layout: &Layout, blocks: bool, u: u32) -> Message {
     } else {
         Message::Request(layout.piece_of(u))
     }
+}
+
+/// Moves a downloader's `frontier` past the units of its share (`share`, `share +
+/// of`, ...) that it has announced.
+fn advance_frontier(n: &mut Neighbour, share: u32, of: u32) {
+    let units = n.bitfield.len();
+    let mut f = n.frontier.max(share);
+    while f < units && n.bitfield.has(f) {
+        f += of.max(1);
+    }
+    n.frontier = f;
 }
