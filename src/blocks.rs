@@ -6,11 +6,14 @@
 //! every other peer (N-1 pieces' time at the end of every run). Blocks, spread over
 //! downloaders like pieces are, shorten both ends of a run by the ratio of the sizes.
 //!
-//! Why 128 KiB by default (bench/RESULTS.md, 256 KiB pieces): at N = 16 behind
-//! 20 mbit caps 64 KiB blocks gave 1.13 x the bound, 128 KiB 1.155, whole pieces 1.19;
-//! but every block costs messages, wake-ups and system calls, and on loopback, where
-//! CPU is the limit, 64 KiB blocks took 15 s for 1 GiB to 7 peers against 9.5 s with
-//! 128 KiB and 8 s with whole pieces.
+//! The default size ([`auto_block_size`]) trades the tail against CPU. The last block
+//! the seeder sends reaches the other D-1 downloaders after about (D-1) x block /
+//! upload, so smaller blocks shorten the end of a run in proportion to the swarm's
+//! size; but every block costs messages, wake-ups and system calls. Measured at 256
+//! KiB pieces (bench/RESULTS.md): N = 16 behind 20 mbit caps, 64 KiB blocks 1.13 x the
+//! bound, 128 KiB 1.155, whole pieces 1.19; N = 8, 64 and 128 KiB tie (1.10-1.11);
+//! N = 4, blocks gain nothing; loopback (CPU-bound, 1 GiB to 7 peers), 64 KiB 15 s,
+//! 128 KiB 9.5 s, whole pieces 8 s.
 //!
 //! The swarm counts in *units*: unit `u` is block `u % per_piece` of piece
 //! `u / per_piece`, numbered contiguously (the short last piece may have fewer
@@ -27,8 +30,30 @@ use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
 
-/// Block size used unless `--block-size` says otherwise.
-pub const DEFAULT_BLOCK_SIZE: u32 = 128 * 1024;
+/// Smallest block [`auto_block_size`] chooses.
+pub const MIN_AUTO_BLOCK: u32 = 64 * 1024;
+
+/// What the last block's trip to every other downloader may cost, in bytes of one
+/// downloader's upload: 1 MiB, 0.4 s at 20 mbit.
+const TAIL_BUDGET: u32 = 1 << 20;
+
+/// The block size when `--block-size` is not given: the largest power of two, at
+/// least 64 KiB, with (downloaders - 1) x block within 1 MiB; 0 (whole pieces) when
+/// that is not smaller than a piece. Every peer computes it from the same
+/// PeerInfo.cfg and Common.cfg, so they agree on BLOCKS without being told.
+pub fn auto_block_size(piece_size: u32, downloaders: usize) -> u32 {
+    let others = downloaders.saturating_sub(1).max(1) as u32;
+    let budget = TAIL_BUDGET / others;
+    let mut block = MIN_AUTO_BLOCK;
+    while block.saturating_mul(2) <= budget {
+        block *= 2;
+    }
+    if block >= piece_size {
+        0
+    } else {
+        block
+    }
+}
 
 /// Chaining value of one block.
 pub type Cv = ChainingValue;
@@ -230,6 +255,20 @@ mod tests {
         assert_eq!(whole.units(), 4);
         assert_eq!(whole.unit_len(3), 100);
         assert_eq!(Layout::new(1000, 300, 4096), whole);
+    }
+
+    #[test]
+    fn the_default_block_keeps_the_tail_within_a_mebibyte() {
+        let k = 1024;
+        assert_eq!(auto_block_size(256 * k, 16), 64 * k);
+        assert_eq!(auto_block_size(256 * k, 8), 128 * k);
+        assert_eq!(auto_block_size(256 * k, 7), 128 * k);
+        assert_eq!(auto_block_size(256 * k, 4), 0);
+        assert_eq!(auto_block_size(256 * k, 1), 0);
+        assert_eq!(auto_block_size(1024 * k, 4), 256 * k);
+        assert_eq!(auto_block_size(1024 * k, 100), 64 * k);
+        assert_eq!(auto_block_size(64 * k, 16), 0);
+        assert_eq!(auto_block_size(16 * k, 6), 0);
     }
 
     #[test]

@@ -87,9 +87,11 @@ pub struct PeerArgs {
     /// power of two from 1024; 0 trades whole pieces only. Blocks are relayed as soon
     /// as each is verified, so a piece spreads before all of it has arrived anywhere.
     /// Ignored with --strict, towards plain peers and when a piece is not larger.
-    #[arg(long, default_value_t = crate::blocks::DEFAULT_BLOCK_SIZE, value_name = "BYTES",
-          value_parser = parse_block_size)]
-    pub block_size: u32,
+    /// [default: the largest power of two from 64 KiB with (downloaders - 1) x block
+    /// within 1 MiB, e.g. 64 KiB for 16 downloaders, 128 KiB for 8; whole pieces when
+    /// that is not smaller than a piece]
+    #[arg(long, value_name = "BYTES", value_parser = parse_block_size)]
+    pub block_size: Option<u32>,
 
     /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
     #[arg(long, value_name = "N")]

@@ -50,8 +50,9 @@ pub struct PeerOptions {
     pub warmup_slots: usize,
     /// TCP congestion controls to try, in order; empty: the system's.
     pub congestion: Vec<String>,
-    /// BLOCKS block size (0: whole pieces only); see `blocks.rs`.
-    pub block_size: u32,
+    /// BLOCKS block size (0: whole pieces only); `None`: see
+    /// [`crate::blocks::auto_block_size`].
+    pub block_size: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +186,11 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     let layout = if opts.strict {
         Layout::pieces_only(common.file_size, common.piece_size)
     } else {
-        Layout::new(common.file_size, common.piece_size, opts.block_size)
+        let downloaders = config.peers.peers.iter().filter(|p| !p.has_file).count();
+        let block = opts
+            .block_size
+            .unwrap_or_else(|| crate::blocks::auto_block_size(common.piece_size, downloaders));
+        Layout::new(common.file_size, common.piece_size, block)
     };
     // Slots and pipeline depth are about bytes in flight: count them in units.
     let unit = u64::from(layout.block_size());
@@ -408,8 +413,10 @@ async fn connect_to(peer: u32, host: String, port: u16, local: Local) {
 }
 
 /// Upload slots of a peer that starts with the whole file, serving `downloaders`:
-/// pieces worth about 768 KiB at a time (at least 3), or no limit (0) when there are
-/// fewer than twice as many downloaders as that.
+/// units (pieces, or blocks with BLOCKS) worth about 768 KiB at a time (at least 3),
+/// or no limit (0) with fewer than 6 downloaders (twice the 3 slots of 256 KiB
+/// pieces, where that threshold was measured; blocks get more slots, 6 of 128 KiB
+/// or 12 of 64 KiB, measured at N = 8 and 16).
 ///
 /// Why a seeder limits itself: sixteen flows that start together into a FIFO
 /// bottleneck lose packets, and the ones that do not grab most of the link, so the
