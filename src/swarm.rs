@@ -795,8 +795,13 @@ impl Swarm {
                 }
             }
             // A block needs its piece's chaining values; without them cached (a piece
-            // we hold whole), they are computed from the whole piece once.
-            let need_cvs = w.block && layout.blocks_in(piece) > 1 && !self.cvs.contains_key(&piece);
+            // we hold whole), they are computed from the whole piece once. Only from a
+            // whole piece: over a piece held in part they would be wrong and receivers
+            // would blame us (a piece held in part has them cached from its blocks).
+            let need_cvs = w.block
+                && layout.blocks_in(piece) > 1
+                && !self.cvs.contains_key(&piece)
+                && self.done_pieces.has(piece);
             tokio::task::spawn_blocking(move || {
                 let result = if !w.block {
                     storage.read_piece(piece).map(|d| (d, None))
