@@ -93,6 +93,11 @@ pub struct PeerArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_block_size)]
     pub block_size: Option<u32>,
 
+    /// Testing only: flip one byte in this fraction (0..=1) of the pieces and blocks we
+    /// upload, to exercise our peers' verification with a peer that lies.
+    #[arg(long, hide = true, default_value_t = 0.0, value_name = "FRACTION")]
+    pub test_corrupt_uploads: f64,
+
     /// Seed for this peer's random choices (pieces, neighbours), for reproducible runs.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -115,6 +120,7 @@ impl PeerArgs {
             request_timeout: Duration::from_secs(self.request_timeout),
             upload_slots: self.upload_slots,
             warmup_slots: self.warmup_slots,
+            test_corrupt_uploads: self.test_corrupt_uploads.clamp(0.0, 1.0),
             block_size: self.block_size,
             congestion: match self.congestion.as_str() {
                 "system" => Vec::new(),

@@ -48,6 +48,8 @@ pub struct PeerOptions {
     pub upload_slots: Option<usize>,
     /// See [`SwarmOptions::warmup_slots`].
     pub warmup_slots: usize,
+    /// See [`SwarmOptions::test_corrupt_uploads`].
+    pub test_corrupt_uploads: f64,
     /// TCP congestion controls to try, in order; empty: the system's.
     pub congestion: Vec<String>,
     /// BLOCKS block size (0: whole pieces only); `None`: see
@@ -286,6 +288,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         request_timeout: opts.request_timeout,
         upload_slots,
         warmup_slots: opts.warmup_slots,
+        test_corrupt_uploads: opts.test_corrupt_uploads,
     };
     let mut swarm = Swarm::new(
         me,

@@ -120,6 +120,9 @@ pub struct SwarmOptions {
     /// Slots while warming up: until we have sent as many pieces as there are other
     /// peers (0: no warm-up).
     pub warmup_slots: usize,
+    /// Testing only (hidden `--test-corrupt-uploads`): the fraction of uploaded pieces
+    /// and blocks sent with one byte flipped, so tests can run a lying p2pshare peer.
+    pub test_corrupt_uploads: f64,
 }
 
 /// A request waiting this long for an upload slot goes before rarer pieces.
@@ -596,7 +599,16 @@ impl Swarm {
                 result,
                 slot,
             } => {
-                let (data, computed) = result.map_err(|e| format!("disk error: {e}"))?;
+                let (mut data, computed) = result.map_err(|e| format!("disk error: {e}"))?;
+                if self.opts.test_corrupt_uploads > 0.0
+                    && !data.is_empty()
+                    && rand::Rng::gen_bool(&mut self.rng, self.opts.test_corrupt_uploads)
+                {
+                    let mut bad = data.to_vec();
+                    bad[0] ^= 0xff;
+                    data = Bytes::from(bad);
+                    tracing::warn!("testing: corrupted unit {index} sent to peer {peer}");
+                }
                 let (piece, b) = self.layout.split(index);
                 if let Some(c) = computed {
                     self.cache_cvs(piece, c);

@@ -223,6 +223,65 @@ fn blocks_whole_pieces_and_strict_peers_mix() {
     assert_eq!(single_blocks_stored(&swarm, ids[2]), 0);
 }
 
+/// A seeder of ours that lies: it flips a byte in a third of the blocks it uploads
+/// (hidden `--test-corrupt-uploads`), next to an honest seeder. Every block is
+/// verified on arrival, so every downloader still ends with an exact copy and exits
+/// 0, the bad blocks are blamed on the liar and on nobody else, and they were really
+/// sent and caught (the liar's stderr lists what it corrupted).
+#[test]
+fn corrupt_blocks_are_caught_and_blamed_on_their_sender() {
+    let spec = SwarmSpec {
+        file_size: 3_000_000 + 5_000,
+        ..six_peer_spec(vec![0, 3])
+    };
+    let swarm = Swarm::create(spec);
+    write_manifest(&swarm);
+    let liar = swarm.ids()[0];
+    let mut procs = swarm.spawn_all(STAGGER, |i| {
+        let mut opts = traced(limited(PeerOpts::default()), "4096");
+        if i == 0 {
+            opts.extra
+                .extend(["--test-corrupt-uploads".to_string(), "0.3".to_string()]);
+        }
+        opts
+    });
+    // Banned by the downloaders it lied to, the liar never learns that all are
+    // complete (A5.6), so it does not exit by itself: the others must.
+    let mut liar_proc = procs.remove(0);
+    swarm.wait_all_success(&mut procs, SWARM_DEADLINE);
+    liar_proc.kill();
+    swarm.check_copies();
+    let sent = std::fs::read_to_string(swarm.stderr_path(liar))
+        .unwrap_or_default()
+        .matches("testing: corrupted unit")
+        .count();
+    let blamed =
+        Regex::new(r"block \d+ of piece \d+ from peer (\d+) does not match the manifest").unwrap();
+    let mut caught = 0;
+    for id in swarm.ids().into_iter().filter(|&id| !swarm.is_seeder(id)) {
+        let err = std::fs::read_to_string(swarm.stderr_path(id)).unwrap_or_default();
+        for c in blamed.captures_iter(&err) {
+            assert_eq!(
+                c[1].parse::<u32>().ok(),
+                Some(liar),
+                "peer {id} blamed an honest peer"
+            );
+            caught += 1;
+        }
+    }
+    assert!(
+        sent > 0,
+        "the liar corrupted nothing\n{}",
+        swarm.diagnostics()
+    );
+    assert!(
+        caught > 0,
+        "{sent} corrupt blocks sent, none caught\n{}",
+        swarm.diagnostics()
+    );
+    assert!(caught <= sent, "{caught} caught but only {sent} sent");
+}
+
 /// The second peer starts ~2 s after the others, so the later peers have to keep
 /// retrying it; the config files have CRLF line ends, blank lines and trailing
 /// spaces (SPEC A1 says to accept them).
