@@ -113,36 +113,24 @@ impl Storage {
     }
 
     pub fn read_piece(&self, index: u32) -> Result<Bytes, StorageError> {
-        let len = self.common.piece_len(index) as usize;
-        let mut buf = BytesMut::zeroed(len);
-        self.file
-            .read_exact_at(&mut buf, self.common.piece_offset(index))
-            .map_err(|source| StorageError::Io {
-                path: self.path.clone(),
-                what: "cannot read piece",
-                source,
-            })?;
-        Ok(buf.freeze())
+        self.read_at(
+            self.common.piece_offset(index),
+            self.common.piece_len(index),
+        )
     }
 
     pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
-        self.file
-            .write_all_at(data, self.common.piece_offset(index))
-            .map_err(|source| StorageError::Io {
-                path: self.path.clone(),
-                what: "cannot write piece",
-                source,
-            })
+        self.write_at(self.common.piece_offset(index), data)
     }
 
-    /// `len` bytes at `offset` (a block, see `blocks.rs`).
+    /// `len` bytes at `offset`: a piece, or a block (see `blocks.rs`).
     pub fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, StorageError> {
         let mut buf = BytesMut::zeroed(len as usize);
         self.file
             .read_exact_at(&mut buf, offset)
             .map_err(|source| StorageError::Io {
                 path: self.path.clone(),
-                what: "cannot read block",
+                what: "cannot read file data",
                 source,
             })?;
         Ok(buf.freeze())
@@ -153,7 +141,7 @@ impl Storage {
             .write_all_at(data, offset)
             .map_err(|source| StorageError::Io {
                 path: self.path.clone(),
-                what: "cannot write block",
+                what: "cannot write file data",
                 source,
             })
     }

@@ -1067,7 +1067,7 @@ impl Swarm {
                         })
                     };
                     let manifest = self.manifest.clone();
-                    let offset = block as u64 * bs as u64;
+                    let offset = u64::from(self.layout.unit_range_in_piece(u).0);
                     self.store(peer, piece, u..u + 1, data, move |data| {
                         if blocks_in == 1 {
                             return manifest.is_none_or(|m| m.verify(piece, data));
