@@ -11,6 +11,8 @@
 # Peer IDs are 1000+I; PeerInfo.cfg lists hosts 0..N in index order (host 0 = the
 # seeder, hasFile 1), addresses derived from this host's IP and index (swarm-bench
 # numbers hosts consecutively: 10.77.0.(10+I)) and cross-checked against {peers}.
+# P2P_SEEDERS=K (swarm.sh --seeders): hosts 0..K-1 are listed with hasFile 1, and hosts
+# 1..K-1 copy the payload to {out} before they start (they are seeders too).
 # The downloaders exec peerProcess.  The seeder runs it as a child and, when it exits 0
 # (every peer has the file), sleeps instead of exiting, so the harness never sees a
 # "seed-exited" race with its own completion poll; a non-zero exit is passed on.
@@ -27,6 +29,7 @@ shift 14
 die() { echo "p2p_host[$i]: $*" >&2; exit 70; }
 
 cd "$dir" || die "cannot cd to $dir"
+seeders=${P2P_SEEDERS:-1}
 id=$((1000 + i))
 prefix=${ip%.*}
 last=${ip##*.}
@@ -38,7 +41,7 @@ info=""
 for ((j = 0; j <= n; j++)); do
   h="$prefix.$((base + j))"
   [ "$j" -ne "$i" ] && others+=("$h")
-  info+="$((1000 + j)) $h $port $([ "$j" -eq 0 ] && echo 1 || echo 0)"$'\n'
+  info+="$((1000 + j)) $h $port $([ "$j" -lt "$seeders" ] && echo 1 || echo 0)"$'\n'
 done
 want=$(printf '%s\n' "${others[@]}" | sort)
 got=$(tr ',' '\n' <<<"$peers" | sed '/^$/d' | sort)
@@ -83,6 +86,9 @@ if [ "$i" -eq 0 ]; then
   echo "p2p_host[0]: peerProcess $id exited rc=$rc at $(date +%T.%N)" >&2
   [ "$rc" -eq 0 ] && exec sleep infinity
   exit "$rc"
+fi
+if [ "$i" -lt "$seeders" ]; then
+  cp "$file" "$dir/$name" || die "cannot copy $file (seeder $i of $seeders)"
 fi
 # P2P_PEER_ARGS: extra arguments for the downloaders only (experiments).
 # shellcheck disable=SC2086

@@ -14,6 +14,10 @@ usage: bench/swarm.sh [options]
   --rate 20mbit         upload cap of every host (swarm-bench up --rate); default 20mbit
   --seed-rate R         the seeder's upload cap instead (heterogeneous caps)
   --down-rate R         download cap of every host (default: none)
+  --host-rates "R ..."  downloaders' upload caps, cycled over hosts 1..N (e.g. "10mbit 40mbit"
+                        alternates); T_min uses them (the harness's state is updated)
+  --seeders K           hosts 0..K-1 start with the file (default 1); T_min and ratio are
+                        recomputed for K seeders, the ratio against one seeder is kept too
   --clients "..."       any of: p2pshare p2pshare-strict aria2 libtorrent http
                         default "p2pshare p2pshare-strict aria2 libtorrent"
   --k K                 NumberOfPreferredNeighbors; default N (every neighbour unchoked)
@@ -35,7 +39,7 @@ usage: bench/swarm.sh [options]
 EOF
 }
 
-NS_LIST="4 8 16" RUNS=3 SIZE=64MiB RATE=20mbit SEED_RATE="" DOWN_RATE=""
+NS_LIST="4 8 16" RUNS=3 SIZE=64MiB RATE=20mbit SEED_RATE="" DOWN_RATE="" HOST_RATES="" SEEDERS=1
 CLIENTS="p2pshare p2pshare-strict aria2 libtorrent"
 K="" UNCHOKE=1 OPTIMISTIC=2 PIECE=256KiB PDEPTH="" P2P_ARGS="" TAG="" PORT=7000
 TIMEOUT="" QUIET_WAIT="" JSON="" KEEP="" FORCE="" NO_INSTALL="" VERBOSE=""
@@ -47,6 +51,8 @@ while [ $# -gt 0 ]; do
     --rate) RATE=$2; shift ;;
     --seed-rate) SEED_RATE=$2; shift ;;
     --down-rate) DOWN_RATE=$2; shift ;;
+    --host-rates) HOST_RATES=$2; shift ;;
+    --seeders) SEEDERS=$2; shift ;;
     --clients) CLIENTS=$2; shift ;;
     --k) K=$2; shift ;;
     --unchoke) UNCHOKE=$2; shift ;;
@@ -76,6 +82,12 @@ for c in $CLIENTS; do
     *) echo "unknown client $c" >&2; exit 64 ;; esac
 done
 PIECE_B=$(parse_bytes "$PIECE") || exit 64
+[[ $SEEDERS =~ ^[1-9][0-9]*$ ]] || { echo "--seeders: not a positive number: $SEEDERS" >&2; exit 64; }
+for n in $NS_LIST; do
+  [ "$SEEDERS" -le "$n" ] || { echo "--seeders $SEEDERS leaves no downloader at N=$n" >&2; exit 64; }
+done
+# p2p_host.sh reads it: hosts below it are listed with hasFile 1 and copy the payload.
+export P2P_SEEDERS=$SEEDERS
 SB_DIR="$REPO_DIR/../shared/swarm-bench"
 [ -x "$SB_DIR/swarm-bench" ] || { echo "no swarm-bench at $SB_DIR" >&2; exit 1; }
 SB_DIR=$(cd "$SB_DIR" && pwd)
@@ -131,9 +143,48 @@ run_client() { # client N run
         --seed-cmd "$tmpl" --peer-cmd "$tmpl" "${common_run[@]}"
       ;;
     *)
-      "$SB" run --clients "$c" --piece-log2 "$PIECE_LOG2" "${common_run[@]}"
+      local pre=()
+      if [ "$SEEDERS" -gt 1 ]; then
+        # The preset's own downloader command, after a copy of the payload on hosts
+        # 1..K-1: aria2 and libtorrent check the copy and seed it.
+        case $c in
+          aria2) tmpl="aria2c {aria2_common} {extra} {torrent}" ;;
+          libtorrent) tmpl="/usr/bin/python3 {tool}/lt_peer.py --torrent {torrent} --save {dir} --ip {ip} {extra}" ;;
+          *) echo "--seeders: not supported for $c" >&2; return 1 ;;
+        esac
+        pre=(--peer-cmd "if [ {i} -lt $SEEDERS ]; then cp {file} {out} || exit 70; fi; exec $tmpl")
+      fi
+      "$SB" run --clients "$c" --piece-log2 "$PIECE_LOG2" "${pre[@]}" "${common_run[@]}"
       ;;
   esac
+}
+
+# set_host_rates STATE_JSON "R1 R2 ..." -- replace the downloaders' upload tbf with the
+# given caps (cycled over hosts 1..N; burst and latency as swarm-bench's own) and record
+# them in the harness's state, which its T_min (Kumar-Ross) reads; the "rate" label
+# becomes e.g. "20mbit[10mbit,40mbit]" so the report keeps such runs apart.
+set_host_rates() {
+  $PY - "$@" <<'PYEOF'
+import json, re, subprocess, sys
+path, rates = sys.argv[1], re.split(r"[ ,]+", sys.argv[2].strip())
+def bps(s):
+    m = re.fullmatch(r"([0-9.]+)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)", s.lower())
+    if not m:
+        sys.exit(f"--host-rates: bad rate {s!r} (tc syntax, e.g. 10mbit)")
+    mult = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
+    return float(m.group(1)) * mult[m.group(2)]
+st = json.load(open(path))
+for h in st["hosts"][1:]:
+    r = rates[(h["i"] - 1) % len(rates)]
+    up = bps(r)
+    burst = max(16384, int(up / 8 * 0.010))
+    subprocess.run(["tc", "-n", h["ns"], "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", f"{int(up)}bit",
+                    "burst", str(burst), "latency", f"{st['latency_s'] * 1000:g}ms"], check=True)
+    h["up_bps"], h["burst"] = up, burst
+    print(f"   host {h['i']}: upload {r}", file=sys.stderr)
+st["rate"] = f"{st['rate']}[{','.join(rates)}]"
+json.dump(st, open(path, "w"), indent=1)
+PYEOF
 }
 
 FAILS=0
@@ -144,6 +195,13 @@ for n in $NS_LIST; do
   [ -n "$DOWN_RATE" ] && up_args+=(--down-rate "$DOWN_RATE")
   "$SB" up "$n" "${up_args[@]}" || { echo "swarm-bench up failed" >&2; exit 1; }
   UP=1
+  if [ -n "$HOST_RATES" ]; then
+    set_host_rates "$STATE/state.json" "$HOST_RATES" || exit 1
+  fi
+  # N, the seeders' summed upload, everyone's summed upload (bit/s): the K-seeder bound
+  $PY -c 'import json,sys; h=json.load(open(sys.argv[1]))["hosts"]; k=int(sys.argv[2]);
+print(len(h) - 1, sum(x["up_bps"] for x in h[:k]), sum(x["up_bps"] for x in h))' \
+    "$STATE/state.json" "$SEEDERS" >>"$JSON.caps" || exit 1
   for ((r = 1; r <= RUNS; r++)); do
     for c in $CLIENTS; do
       echo "-- N=$n run $r/$RUNS: $c (k=${K:-$n} unchoke=$UNCHOKE optimistic=$OPTIMISTIC piece=$PIECE_B)" >&2
@@ -158,9 +216,26 @@ echo "== swarm-bench report $JSON"
 "$SB" report "$JSON"
 echo
 echo "== p2pshare $P2P_VERSION vs presets: median ratio = measured/T_min (seed_up = seeder bytes sent, in file copies)"
-$PY - "$JSON" <<'EOF'
+$PY - "$JSON" "$SEEDERS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+seeders = int(sys.argv[2])
+if seeders > 1:
+    # Kumar-Ross with K seeders and N-K+1 hosts that need the file: every bit leaves
+    # some seeder at least once, and every needing host receives F through the sum of
+    # all uploads.  The harness's own ratio assumes one seeder; it is kept as
+    # ratio_one_seeder.  Caps per N were recorded by swarm.sh when the testbed was up.
+    caps = {}
+    for l in open(sys.argv[1] + ".caps"):
+        n_, seeds_, all_ = l.split()
+        caps[int(n_)] = (float(seeds_), float(all_))
+    print(f"ratios are for {seeders} seeders: T_min = max(F / sum(u_seeders), (N-K+1) F / sum(u_all))")
+    for r in rows:
+        us, ua = caps[r["n"]]
+        F = r["size"] * 8.0
+        t_min = max(F / us, (r["n"] - seeders + 1) * F / ua)
+        r["ratio_one_seeder"], r["t_min_s"] = r["ratio"], t_min
+        r["ratio"] = r["measured_s"] / t_min
 groups = {}
 for r in rows:
     groups.setdefault((r["n"], r["clients"]), []).append(r)
