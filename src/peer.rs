@@ -196,14 +196,14 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     };
     // Slots and pipeline depth are about bytes in flight: count them in units.
     let unit = u64::from(layout.block_size());
-    let upload_slots = opts
-        .upload_slots
-        .unwrap_or(if opts.strict || !have.is_complete() {
-            0
-        } else {
-            let downloaders = config.peers.peers.iter().filter(|p| !p.has_file).count();
-            seeder_upload_slots(unit, downloaders)
-        });
+    let upload_slots = opts.upload_slots.unwrap_or(if opts.strict {
+        0
+    } else if !have.is_complete() {
+        downloader_upload_slots(unit)
+    } else {
+        let downloaders = config.peers.peers.iter().filter(|p| !p.has_file).count();
+        seeder_upload_slots(unit, downloaders)
+    });
     let log = EventLog::open(&opts.dir, me).map_err(|source| PeerError::Log {
         path: opts.dir.join(format!("log_peer_{me}.log")),
         source,
@@ -234,12 +234,13 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     let (tx, rx) = mpsc::channel(1024);
     let limiter = opts.upload_limit.map(|r| Arc::new(RateLimiter::new(r)));
 
+    let upload_rate = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let wiring = Wiring {
         codec,
         block_codec,
         events: tx.clone(),
         limiter,
-        upload_rate: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        upload_rate: upload_rate.clone(),
         congestion: opts.congestion.clone(),
         serialized_uploads: upload_slots > 0 || opts.warmup_slots > 0,
     };
@@ -287,6 +288,8 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         give_up_after: opts.give_up_after,
         request_timeout: opts.request_timeout,
         upload_slots,
+        slots_follow_rate: opts.upload_slots.is_none() && !opts.strict && !have.is_complete(),
+        upload_rate,
         warmup_slots: opts.warmup_slots,
         test_corrupt_uploads: opts.test_corrupt_uploads,
     };
@@ -439,9 +442,33 @@ pub fn seeder_upload_slots(piece_size: u64, downloaders: usize) -> usize {
     }
 }
 
+/// Upload slots of a downloader (default mode): units worth about 256 KiB, at least 2.
+///
+/// Why a downloader needs them at all: served all at once, its relays fill one socket
+/// buffer per neighbour, and its own `request`s to a neighbour queue behind the
+/// pieces it is sending that neighbour. On a slow uplink that is seconds, the
+/// requests arrive late and the downloader gets less than its share: with 5 and
+/// 20 mbit downloaders (N = 8) the slow ones finished 11 s after the fast ones
+/// (ratio 1.29). A few slots at full speed, with little unsent data per socket (see
+/// `connection.rs`), keep most connections idle so requests leave at once: 1.14-1.16.
+/// Measured with 1, 2, 3 and 4 slots of 128 KiB (1.19, 1.14-1.16, 1.19, 1.22) and,
+/// at N = 16, 2 and 4 slots of 64 KiB (1.16, 1.14). bench/RESULTS.md has the runs.
+pub fn downloader_upload_slots(unit: u64) -> usize {
+    (256 * 1024u64).div_ceil(unit.max(1)).max(2) as usize
+}
+
 #[cfg(test)]
 mod tests {
-    use super::seeder_upload_slots;
+    use super::{downloader_upload_slots, seeder_upload_slots};
+
+    #[test]
+    fn downloader_slots_hold_about_256_kib() {
+        assert_eq!(downloader_upload_slots(64 * 1024), 4);
+        assert_eq!(downloader_upload_slots(128 * 1024), 2);
+        assert_eq!(downloader_upload_slots(256 * 1024), 2);
+        assert_eq!(downloader_upload_slots(1 << 20), 2);
+        assert_eq!(downloader_upload_slots(16 * 1024), 16);
+    }
 
     #[test]
     fn seeder_slots_cover_about_768_kib_when_many_download() {

@@ -117,6 +117,12 @@ pub struct SwarmOptions {
     pub request_timeout: Duration,
     /// Pieces uploaded at once (0: no limit); see `upload.rs`.
     pub upload_slots: usize,
+    /// `upload_slots` is a floor, raised with `upload_rate` (a downloader's default;
+    /// see [`crate::upload::slots_for_rate`]).
+    pub slots_follow_rate: bool,
+    /// Best recent speed of one upload under a slot, bytes/s, measured by the
+    /// connections' writers.
+    pub upload_rate: Arc<std::sync::atomic::AtomicU64>,
     /// Slots while warming up: until we have sent as many pieces as there are other
     /// peers (0: no warm-up).
     pub warmup_slots: usize,
@@ -766,6 +772,20 @@ impl Swarm {
     /// Starts serving waiting requests while upload slots are free.
     fn pump_uploads(&mut self) {
         let now = tokio::time::Instant::now().into_std();
+        if self.opts.slots_follow_rate
+            && self.uploads_started >= self.config.peers.peers.len().saturating_sub(1)
+        {
+            let rate = self.opts.upload_rate.load(Ordering::Relaxed);
+            let slots = crate::upload::slots_for_rate(
+                rate,
+                u64::from(self.layout.block_size()),
+                self.opts.upload_slots,
+            );
+            if slots != self.uploads.slots() {
+                tracing::debug!(target: "p2pshare::slots", "upload slots {slots} (one upload at {rate:.0} B/s)");
+                self.uploads.set_slots(slots);
+            }
+        }
         loop {
             // Rarest first, and anything we have sent before after everything we
             // have not (see `upload.rs`): measured, a seeder's duplicates served by
