@@ -286,7 +286,7 @@ for r in rows:
     except FileNotFoundError:
         continue
     asked = {int(x) for x in re.findall(r"received the 'interested' message from (\d+)", txt)}
-    never = [1000 + i for i in range(1, r["n"] + 1) if 1000 + i not in asked]
+    never = [1000 + i for i in range(seeders, r["n"] + 1) if 1000 + i not in asked]
     errs = sum(1 for fn in glob.glob(os.path.join(r["rundir"], "logs", "h*.log"))
                for l in open(fn, errors="replace") if " ERROR " in l)
     if never or errs:
