@@ -234,13 +234,12 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     let (tx, rx) = mpsc::channel(1024);
     let limiter = opts.upload_limit.map(|r| Arc::new(RateLimiter::new(r)));
 
-    let upload_rate = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let wiring = Wiring {
         codec,
         block_codec,
         events: tx.clone(),
         limiter,
-        upload_rate: upload_rate.clone(),
+        upload_rate: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         congestion: opts.congestion.clone(),
         serialized_uploads: upload_slots > 0 || opts.warmup_slots > 0,
     };
@@ -289,7 +288,6 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         request_timeout: opts.request_timeout,
         upload_slots,
         slots_follow_rate: opts.upload_slots.is_none() && !opts.strict && !have.is_complete(),
-        upload_rate,
         warmup_slots: opts.warmup_slots,
         test_corrupt_uploads: opts.test_corrupt_uploads,
     };

@@ -24,7 +24,7 @@ use crate::manifest::Manifest;
 use crate::message::Message;
 use crate::picker::{Picker, Strategy};
 use crate::storage::{Storage, StorageError};
-use crate::upload::{UploadQueue, UploadSlot, Waiting};
+use crate::upload::{UploadQueue, UploadRate, UploadSlot, Waiting};
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -117,12 +117,9 @@ pub struct SwarmOptions {
     pub request_timeout: Duration,
     /// Pieces uploaded at once (0: no limit); see `upload.rs`.
     pub upload_slots: usize,
-    /// `upload_slots` is a floor, raised with `upload_rate` (a downloader's default;
-    /// see [`crate::upload::slots_for_rate`]).
+    /// `upload_slots` is a floor, raised with what we upload per second (a
+    /// downloader's default; see [`crate::upload::slots_for_rate`]).
     pub slots_follow_rate: bool,
-    /// Best recent speed of one upload under a slot, bytes/s, measured by the
-    /// connections' writers.
-    pub upload_rate: Arc<std::sync::atomic::AtomicU64>,
     /// Slots while warming up: until we have sent as many pieces as there are other
     /// peers (0: no warm-up).
     pub warmup_slots: usize,
@@ -227,6 +224,7 @@ pub struct Swarm {
     uploads: UploadQueue,
     /// Pieces we have started uploading (ends the warm-up).
     uploads_started: usize,
+    upload_rate: UploadRate,
     slot_returns_tx: mpsc::UnboundedSender<()>,
     slot_returns: mpsc::UnboundedReceiver<()>,
 }
@@ -295,6 +293,7 @@ impl Swarm {
                 UPLOAD_MAX_WAIT,
             ),
             uploads_started: 0,
+            upload_rate: UploadRate::new(std::time::Instant::now()),
             slot_returns_tx,
             slot_returns,
             me,
@@ -775,14 +774,15 @@ impl Swarm {
         if self.opts.slots_follow_rate
             && self.uploads_started >= self.config.peers.peers.len().saturating_sub(1)
         {
-            let rate = self.opts.upload_rate.load(Ordering::Relaxed);
+            self.upload_rate.add(now, 0);
+            let rate = self.upload_rate.rate();
             let slots = crate::upload::slots_for_rate(
                 rate,
                 u64::from(self.layout.block_size()),
                 self.opts.upload_slots,
             );
             if slots != self.uploads.slots() {
-                tracing::debug!(target: "p2pshare::slots", "upload slots {slots} (one upload at {rate:.0} B/s)");
+                tracing::debug!(target: "p2pshare::slots", "upload slots {slots} (uploading {rate} B/s)");
                 self.uploads.set_slots(slots);
             }
         }
@@ -819,6 +819,12 @@ impl Swarm {
             let tx = self.events_tx.clone();
             let layout = self.layout;
             let (piece, _) = layout.split(w.index);
+            let bytes = if w.block {
+                layout.unit_len(w.index) as u64
+            } else {
+                layout.piece_len(piece) as u64
+            };
+            self.upload_rate.add(now, bytes);
             if w.block {
                 self.sent.set(w.index);
             } else {

@@ -30,19 +30,56 @@ const SLOT_HORIZON_SECS: f64 = 0.1;
 /// ... within [floor, this].
 const MAX_FOLLOWED_SLOTS: usize = 16;
 
-/// A downloader's upload slots for `rate` (best recent speed of one upload, bytes/s)
+/// A downloader's upload slots for `rate` (bytes/s it uploads, see [`UploadRate`])
 /// and units of `unit` bytes: what the link sends in 0.1 s, at least `floor`, at most
 /// 16 (or `floor` if larger).
 ///
 /// Why: few slots keep a slow uplink's sockets short, so the downloader's own requests
 /// are not stuck behind its uploads (see `peer::downloader_upload_slots`); on a fast
 /// link the same few leave receivers idle. Loopback, 1 GiB, 1 + 7, single runs on a
-/// noisy machine: 2 slots 9.4 and 10.6 s; no limit 8.4 s; 16 slots 7.9 s; slots
-/// following the rate without a cap (hundreds) 10.5 and 10.9 s; with this cap
-/// 7.7-9.3 s against 7.3-7.9 s for the previous build (no downloader slots).
+/// noisy machine: 2 slots 9.4 and 10.6 s; no limit 8.4 s; 16 slots 7.9 s; as many as
+/// the rate asks for without a cap (hundreds) 10.5 and 10.9 s.
 pub fn slots_for_rate(rate: u64, unit: u64, floor: usize) -> usize {
     let by_rate = (rate as f64 * SLOT_HORIZON_SECS / unit.max(1) as f64) as usize;
     by_rate.clamp(floor, MAX_FOLLOWED_SLOTS.max(floor))
+}
+
+/// What we upload per second, measured over windows of at least a second: the bytes
+/// handed to connections under upload slots. Slots bound what is in flight, so over a
+/// second this is the speed of the link (or of the receivers), not of copying into
+/// socket buffers -- one upload's own write time measures the latter (a 20 mbit link
+/// looked like gigabytes a second, and slots "followed" it to 16).
+#[derive(Debug)]
+pub struct UploadRate {
+    start: Instant,
+    bytes: u64,
+    rate: u64,
+}
+
+impl UploadRate {
+    pub fn new(now: Instant) -> UploadRate {
+        UploadRate {
+            start: now,
+            bytes: 0,
+            rate: 0,
+        }
+    }
+
+    /// Counts `bytes` handed out at `now`; closes the window after a second.
+    pub fn add(&mut self, now: Instant, bytes: u64) {
+        self.bytes += bytes;
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed >= Duration::from_secs(1) {
+            self.rate = (self.bytes as f64 / elapsed.as_secs_f64()) as u64;
+            self.start = now;
+            self.bytes = 0;
+        }
+    }
+
+    /// Bytes per second over the last closed window (0 before the first).
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
 }
 
 /// An accepted request waiting for a free upload slot.
@@ -200,6 +237,20 @@ mod tests {
         assert_eq!(slots_for_rate(1_300_000_000, unit, 2), 16);
         assert_eq!(slots_for_rate(1_300_000_000, unit, 20), 20);
         assert_eq!(slots_for_rate(u64::MAX, 0, 2), 16);
+    }
+
+    #[test]
+    fn upload_rate_is_measured_over_whole_seconds() {
+        let t0 = Instant::now();
+        let mut r = UploadRate::new(t0);
+        r.add(t0 + Duration::from_millis(100), 4_000_000);
+        assert_eq!(r.rate(), 0, "no window closed yet: a burst is not a rate");
+        r.add(t0 + Duration::from_millis(1900), 1_000_000);
+        r.add(t0 + Duration::from_millis(2000), 0);
+        assert_eq!(r.rate(), 5_000_000 * 10 / 19);
+        // An idle second counts as idle.
+        r.add(t0 + Duration::from_millis(4000), 0);
+        assert_eq!(r.rate(), 0);
     }
 
     #[test]
