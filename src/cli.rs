@@ -65,8 +65,8 @@ pub struct PeerArgs {
     /// so they travel on through the swarm sooner; the rarest requested piece goes
     /// first. Default: a peer that starts with the whole file uses pieces worth about
     /// 768 KiB (3 of 256 KiB) when at least twice as many peers download, otherwise no
-    /// limit; a downloader uses about 256 KiB worth (at least 2), raised to what its
-    /// link sends in 0.1 s (at most 16); `--strict`: no limit.
+    /// limit; a downloader uses about 256 KiB worth (at least 2), raised to what it
+    /// uploads in 0.1 s, measured over each second (at most 16); `--strict`: no limit.
     #[arg(long, value_name = "N")]
     pub upload_slots: Option<usize>,
 
