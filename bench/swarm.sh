@@ -148,8 +148,7 @@ run_client() { # client N run
         # The preset's own downloader command, after a copy of the payload on hosts
         # 1..K-1: aria2 and libtorrent check the copy and seed it.
         case $c in
-          aria2) tmpl="aria2c {aria2_common} {extra} {torrent}" ;;
-          libtorrent) tmpl="/usr/bin/python3 {tool}/lt_peer.py --torrent {torrent} --save {dir} --ip {ip} {extra}" ;;
+          aria2|libtorrent) tmpl=$(sb_py 'print(sb.PRESETS[sys.argv[1]]["peer"])' "$c") || return 1 ;;
           *) echo "--seeders: not supported for $c" >&2; return 1 ;;
         esac
         pre=(--peer-cmd "if [ {i} -lt $SEEDERS ]; then cp {file} {out} || exit 70; fi; exec $tmpl")
@@ -159,32 +158,42 @@ run_client() { # client N run
   esac
 }
 
+# sb_py "CODE" ARGS... -- runs CODE with swarm-bench loaded as module `sb`, so its own
+# rate parser, tbf settings and preset commands are used rather than copies of them.
+sb_py() {
+  local code=$1
+  shift
+  $PY - "$SB" "$@" <<PYEOF
+import importlib.machinery, importlib.util, sys
+_l = importlib.machinery.SourceFileLoader("sb", sys.argv[1])
+_s = importlib.util.spec_from_loader("sb", _l)
+sb = importlib.util.module_from_spec(_s)
+_l.exec_module(sb)
+sys.argv = sys.argv[1:]
+$code
+PYEOF
+}
+
 # set_host_rates STATE_JSON "R1 R2 ..." -- replace the downloaders' upload tbf with the
-# given caps (cycled over hosts 1..N; burst and latency as swarm-bench's own) and record
-# them in the harness's state, which its T_min (Kumar-Ross) reads; the "rate" label
-# becomes e.g. "20mbit[10mbit,40mbit]" so the report keeps such runs apart.
+# given caps (cycled over hosts 1..N; swarm-bench's burst and latency) and record them
+# in the harness's state, which its T_min (Kumar-Ross) reads; the "rate" label becomes
+# e.g. "20mbit[10mbit,40mbit]" so the report keeps such runs apart.
 set_host_rates() {
-  $PY - "$@" <<'PYEOF'
-import json, re, subprocess, sys
+  sb_py '
+import json, re
 path, rates = sys.argv[1], re.split(r"[ ,]+", sys.argv[2].strip())
-def bps(s):
-    m = re.fullmatch(r"([0-9.]+)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)", s.lower())
-    if not m:
-        sys.exit(f"--host-rates: bad rate {s!r} (tc syntax, e.g. 10mbit)")
-    mult = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
-    return float(m.group(1)) * mult[m.group(2)]
 st = json.load(open(path))
 for h in st["hosts"][1:]:
     r = rates[(h["i"] - 1) % len(rates)]
-    up = bps(r)
-    burst = max(16384, int(up / 8 * 0.010))
-    subprocess.run(["tc", "-n", h["ns"], "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", f"{int(up)}bit",
-                    "burst", str(burst), "latency", f"{st['latency_s'] * 1000:g}ms"], check=True)
+    up = sb.parse_rate(r)
+    burst = sb.default_burst(up)
+    sb.sh(["tc", "-n", h["ns"], "qdisc", "replace", "dev", "eth0", "root"]
+          + sb.tbf_args(up, burst, st["latency_s"]))
     h["up_bps"], h["burst"] = up, burst
-    print(f"   host {h['i']}: upload {r}", file=sys.stderr)
-st["rate"] = f"{st['rate']}[{','.join(rates)}]"
+    print("   host %d: upload %s" % (h["i"], r), file=sys.stderr)
+st["rate"] = "%s[%s]" % (st["rate"], ",".join(rates))
 json.dump(st, open(path, "w"), indent=1)
-PYEOF
+' "$@"
 }
 
 FAILS=0
