@@ -196,14 +196,16 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     };
     // Slots and pipeline depth are about bytes in flight: count them in units.
     let unit = u64::from(layout.block_size());
-    let upload_slots = opts.upload_slots.unwrap_or(if opts.strict {
-        0
-    } else if !have.is_complete() {
-        downloader_upload_slots(unit)
-    } else {
-        let downloaders = config.peers.peers.iter().filter(|p| !p.has_file).count();
-        seeder_upload_slots(unit, downloaders)
-    });
+    // A downloader's default is a floor that follows its measured upload.
+    let (upload_slots, slots_follow_rate) = match opts.upload_slots {
+        Some(n) => (n, false),
+        None if opts.strict => (0, false),
+        None if !have.is_complete() => (downloader_upload_slots(unit), true),
+        None => {
+            let downloaders = config.peers.peers.iter().filter(|p| !p.has_file).count();
+            (seeder_upload_slots(unit, downloaders), false)
+        }
+    };
     let log = EventLog::open(&opts.dir, me).map_err(|source| PeerError::Log {
         path: opts.dir.join(format!("log_peer_{me}.log")),
         source,
@@ -287,7 +289,7 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
         give_up_after: opts.give_up_after,
         request_timeout: opts.request_timeout,
         upload_slots,
-        slots_follow_rate: opts.upload_slots.is_none() && !opts.strict && !have.is_complete(),
+        slots_follow_rate,
         warmup_slots: opts.warmup_slots,
         test_corrupt_uploads: opts.test_corrupt_uploads,
     };
