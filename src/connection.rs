@@ -184,7 +184,11 @@ pub fn start(stream: TcpStream, peer: u32, extensions: Extensions, initiated: bo
         initiated,
     };
     let codec = if extensions.block_size().is_some() {
-        w.block_codec.clone()
+        if extensions.contains(Extensions::CANCEL) {
+            w.block_codec.with_cancel()
+        } else {
+            w.block_codec.clone()
+        }
     } else {
         w.codec.clone()
     };

@@ -3,8 +3,8 @@
 //!
 //! Layout: `P2PFILESHARINGPROJ` (18 bytes), 10 reserved bytes, 4-byte big-endian peer ID.
 //! A plain peer sends zeros in the reserved bytes. p2pshare advertises extensions as
-//! `b"p2ps"`, a flags byte, then (with BLOCKS) the block size as a power of two,
-//! then zeros; anything else non-zero (an unknown implementation's private use) is
+//! `b"p2ps"`, a flags byte (1 PIPELINE, 2 BLOCKS, 4 CANCEL), then (with BLOCKS) the
+//! block size as a power of two, then zeros; anything else non-zero (an unknown implementation's private use) is
 //! read as "no extensions we know".
 
 pub const HEADER: &[u8; 18] = b"P2PFILESHARINGPROJ";
@@ -22,6 +22,8 @@ impl Extensions {
     /// Several outstanding requests per connection (SPEC B, "pipeline").
     pub const PIPELINE: Extensions = Extensions(1, 0);
     const BLOCKS_FLAG: u8 = 2;
+    /// `cancel-block`: a request for a block may be withdrawn. Only with BLOCKS.
+    pub const CANCEL: Extensions = Extensions(4, 0);
 
     /// Sub-piece blocks of `size` bytes (a power of two, see `blocks.rs`): the
     /// `have-block`, `request-block` and `block` messages.
@@ -43,11 +45,15 @@ impl Extensions {
         self.0 & other.0 == other.0 && other.0 != 0
     }
 
-    /// What both sides can use: BLOCKS only when both chose the same block size.
+    /// What both sides can use: BLOCKS only when both chose the same block size,
+    /// CANCEL only with BLOCKS.
     pub fn intersect(self, other: Extensions) -> Extensions {
         let mut flags = self.0 & other.0;
         if self.1 != other.1 {
             flags &= !Self::BLOCKS_FLAG;
+        }
+        if flags & Self::BLOCKS_FLAG == 0 {
+            flags &= !Self::CANCEL.0;
         }
         let shift = if flags & Self::BLOCKS_FLAG != 0 {
             self.1
@@ -158,6 +164,31 @@ mod tests {
         assert_eq!(a.intersect(b), Extensions::PIPELINE);
         assert_eq!(a.intersect(Extensions::PIPELINE), Extensions::PIPELINE);
         assert_eq!(Extensions::PIPELINE.block_size(), None);
+    }
+
+    #[test]
+    fn cancel_is_agreed_only_with_blocks_on_both_sides() {
+        let a = Extensions::PIPELINE.with(Extensions::blocks(65536));
+        let ac = a.with(Extensions::CANCEL);
+        let h = Handshake {
+            peer_id: 9,
+            extensions: ac,
+        };
+        assert_eq!(Handshake::parse(&h.encode()), Ok(h));
+        assert!(ac.intersect(ac).contains(Extensions::CANCEL));
+        assert_eq!(ac.intersect(ac).block_size(), Some(65536));
+        // The other side lacks CANCEL (an older p2pshare): BLOCKS without it.
+        assert_eq!(ac.intersect(a), a);
+        assert_eq!(a.intersect(ac), a);
+        // A different block size: no BLOCKS, so no CANCEL either.
+        let bc = Extensions::PIPELINE
+            .with(Extensions::blocks(32768))
+            .with(Extensions::CANCEL);
+        assert_eq!(ac.intersect(bc), Extensions::PIPELINE);
+        // CANCEL advertised without BLOCKS is never agreed.
+        let pc = Extensions::PIPELINE.with(Extensions::CANCEL);
+        assert_eq!(pc.intersect(pc), Extensions::PIPELINE);
+        assert_eq!(ac.intersect(Extensions::NONE), Extensions::NONE);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The eight messages of SPEC A4 and their framing: 4-byte big-endian length (counting
 //! the type byte and payload), 1-byte type, payload. Types 8-10 exist only on a
-//! connection where both peers advertised BLOCKS (SPEC B, see `blocks.rs`); anywhere
-//! else they are unknown types, as for any Part A peer.
+//! connection where both peers advertised BLOCKS (SPEC B, see `blocks.rs`), type 11
+//! only where both also advertised CANCEL; anywhere else they are unknown types, as
+//! for any Part A peer.
 //!
 //! [`MessageCodec`] is a `tokio_util` decoder that refuses any length above the largest
 //! legal message for this swarm before allocating, so a remote cannot make us buffer
@@ -42,6 +43,12 @@ pub enum Message {
         cvs: Bytes,
         data: Bytes,
     },
+    /// BLOCKS + CANCEL: forget my `request-block` for block `block` of piece `piece`
+    /// if you have not started sending it (it is on its way to me from elsewhere).
+    CancelBlock {
+        piece: u32,
+        block: u32,
+    },
 }
 
 impl Message {
@@ -58,6 +65,7 @@ impl Message {
             Message::HaveBlock { .. } => 8,
             Message::RequestBlock { .. } => 9,
             Message::Block { .. } => 10,
+            Message::CancelBlock { .. } => 11,
         }
     }
 
@@ -74,6 +82,7 @@ impl Message {
             Message::HaveBlock { .. } => "have-block",
             Message::RequestBlock { .. } => "request-block",
             Message::Block { .. } => "block",
+            Message::CancelBlock { .. } => "cancel-block",
         }
     }
 
@@ -84,7 +93,9 @@ impl Message {
             Message::Have(_) | Message::Request(_) => 4,
             Message::Bitfield(b) => b.len(),
             Message::Piece { data, .. } => 4 + data.len(),
-            Message::HaveBlock { .. } | Message::RequestBlock { .. } => 8,
+            Message::HaveBlock { .. }
+            | Message::RequestBlock { .. }
+            | Message::CancelBlock { .. } => 8,
             Message::Block { cvs, data, .. } => 10 + cvs.len() + data.len(),
         }
     }
@@ -107,7 +118,9 @@ impl Message {
             Message::Have(i) | Message::Request(i) => dst.put_u32(*i),
             Message::Bitfield(b) => dst.extend_from_slice(b),
             Message::Piece { index, .. } => dst.put_u32(*index),
-            Message::HaveBlock { piece, block } | Message::RequestBlock { piece, block } => {
+            Message::HaveBlock { piece, block }
+            | Message::RequestBlock { piece, block }
+            | Message::CancelBlock { piece, block } => {
                 dst.put_u32(*piece);
                 dst.put_u32(*block);
             }
@@ -146,8 +159,9 @@ pub enum DecodeError {
 #[derive(Clone, Debug)]
 pub struct MessageCodec {
     max_body: u32,
-    /// Types 8-10 are legal (BLOCKS negotiated on this connection).
-    blocks: bool,
+    /// The highest legal type: 7, 10 with BLOCKS negotiated on this connection, 11
+    /// with CANCEL too.
+    last_type: u8,
 }
 
 impl MessageCodec {
@@ -157,7 +171,7 @@ impl MessageCodec {
         let bitfield = 1u64 + (pieces as u64).div_ceil(8);
         MessageCodec {
             max_body: piece.max(bitfield).min(u32::MAX as u64) as u32,
-            blocks: false,
+            last_type: 7,
         }
     }
 
@@ -167,7 +181,20 @@ impl MessageCodec {
         let block = 1u64 + 10 + 32 * per_piece as u64 + block_size as u64;
         MessageCodec {
             max_body: (self.max_body as u64).max(block).min(u32::MAX as u64) as u32,
-            blocks: true,
+            last_type: 10,
+        }
+    }
+
+    /// This codec with `cancel-block` legal too (CANCEL negotiated); only meaningful
+    /// on a BLOCKS codec, a plain one is returned unchanged.
+    pub fn with_cancel(&self) -> MessageCodec {
+        MessageCodec {
+            max_body: self.max_body,
+            last_type: if self.last_type >= 10 {
+                11
+            } else {
+                self.last_type
+            },
         }
     }
 
@@ -195,8 +222,7 @@ impl Decoder for MessageCodec {
             });
         }
         // Reject an unknown type as soon as it is visible, not after buffering the body.
-        let last_type = if self.blocks { 10 } else { 7 };
-        if src.len() >= 5 && src[4] > last_type {
+        if src.len() >= 5 && src[4] > self.last_type {
             return Err(DecodeError::UnknownType(src[4]));
         }
         let total = 4 + len as usize;
@@ -247,25 +273,22 @@ impl Decoder for MessageCodec {
                     data: body.freeze(),
                 }
             }
-            8 | 9 if self.blocks => {
-                fixed(
-                    if kind == 8 {
-                        "have-block"
-                    } else {
-                        "request-block"
-                    },
-                    8,
-                    "8",
-                )?;
+            8 | 9 | 11 if kind <= self.last_type => {
+                let name = match kind {
+                    8 => "have-block",
+                    9 => "request-block",
+                    _ => "cancel-block",
+                };
+                fixed(name, 8, "8")?;
                 let piece = body.get_u32();
                 let block = body.get_u32();
-                if kind == 8 {
-                    Message::HaveBlock { piece, block }
-                } else {
-                    Message::RequestBlock { piece, block }
+                match kind {
+                    8 => Message::HaveBlock { piece, block },
+                    9 => Message::RequestBlock { piece, block },
+                    _ => Message::CancelBlock { piece, block },
                 }
             }
-            10 if self.blocks => {
+            10 if kind <= self.last_type => {
                 let bad = |expected| DecodeError::BadPayload {
                     name: "block",
                     got: payload,
@@ -386,6 +409,24 @@ mod tests {
         assert_eq!(b.len(), 4 + 1 + 10 + 64 + 2);
         assert_eq!(&b[13..15], &[0, 2]);
         assert_eq!(c.decode(&mut b).unwrap(), Some(m));
+        // cancel-block needs CANCEL as well.
+        let wire = [0, 0, 0, 9, 11, 0, 0, 0, 4, 0, 0, 0, 2];
+        let mut b = BytesMut::from(&wire[..]);
+        assert!(matches!(
+            c.clone().decode(&mut b),
+            Err(DecodeError::UnknownType(11))
+        ));
+        let mut b = BytesMut::from(&wire[..]);
+        assert!(matches!(
+            plain.with_cancel().decode(&mut b),
+            Err(DecodeError::UnknownType(11))
+        ));
+        let m = Message::CancelBlock { piece: 4, block: 2 };
+        let mut cancel = c.with_cancel();
+        let mut b = BytesMut::new();
+        cancel.encode(m.clone(), &mut b).unwrap();
+        assert_eq!(&b[..], &wire[..]);
+        assert_eq!(cancel.decode(&mut b).unwrap(), Some(m));
         // A CV count larger than the payload.
         let mut b = BytesMut::from(&[0, 0, 0, 11, 10, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1][..]);
         assert!(matches!(
@@ -460,6 +501,8 @@ mod tests {
                 .prop_map(|(piece, block)| Message::HaveBlock { piece, block }),
             (any::<u32>(), any::<u32>())
                 .prop_map(|(piece, block)| Message::RequestBlock { piece, block }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(piece, block)| Message::CancelBlock { piece, block }),
             (
                 any::<u32>(),
                 any::<u32>(),
@@ -482,7 +525,7 @@ mod tests {
             split in 0usize..10_000,
         ) {
             let mut wire = BytesMut::new();
-            let mut codec = MessageCodec::new(5000, 1600).with_blocks(1024, 4);
+            let mut codec = MessageCodec::new(5000, 1600).with_blocks(1024, 4).with_cancel();
             for m in &msgs {
                 codec.encode(m.clone(), &mut wire).unwrap();
             }
@@ -498,7 +541,8 @@ mod tests {
 
         #[test]
         fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
-            for mut codec in [MessageCodec::new(1024, 64), MessageCodec::new(1024, 64).with_blocks(256, 4)] {
+            let blocks = MessageCodec::new(1024, 64).with_blocks(256, 4);
+            for mut codec in [MessageCodec::new(1024, 64), blocks.clone(), blocks.with_cancel()] {
                 let mut buf = BytesMut::from(&bytes[..]);
                 while let Ok(Some(_)) = codec.decode(&mut buf) {}
             }

@@ -227,7 +227,9 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     let ours = if opts.strict {
         Extensions::NONE
     } else if layout.has_blocks() {
-        Extensions::PIPELINE.with(Extensions::blocks(layout.block_size()))
+        Extensions::PIPELINE
+            .with(Extensions::blocks(layout.block_size()))
+            .with(Extensions::CANCEL)
     } else {
         Extensions::PIPELINE
     };

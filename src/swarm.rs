@@ -1021,6 +1021,15 @@ impl Swarm {
                 let first_unit = self.layout.units_of(i).start;
                 self.accept_request(peer, first_unit, false)?;
             }
+            Message::CancelBlock { piece, block } => {
+                // The codec lets it through only where CANCEL was negotiated. A
+                // request already being read or sent goes on (it may still be of use).
+                let u = self.block_unit(peer, piece, block)?;
+                if self.uploads.withdraw(peer, u) {
+                    let n = self.neighbour(peer)?;
+                    n.reading = n.reading.saturating_sub(1);
+                }
+            }
             Message::RequestBlock { piece, block } => {
                 let u = self.block_unit(peer, piece, block)?;
                 if !self.picker.have().has(u) {
@@ -1183,8 +1192,83 @@ impl Swarm {
             }
         }
         self.update_interest(peer);
+        self.reroute_from_seeders(peer, &new);
         self.fill_requests(peer);
         Ok(())
+    }
+
+    /// `peer`, a downloader that unchokes us, just announced `units`: those we are
+    /// still waiting for from a seeder are asked of it instead, and withdrawn from the
+    /// seeder with `cancel-block` (CANCEL negotiated).
+    ///
+    /// Why: two downloaders sometimes ask a seeder for the same block (helpers of a
+    /// share cannot see each other's requests). The seeder sends what it never sent
+    /// first, so the second request waits until nothing new is left: traced at 16
+    /// downloaders, 52 blocks came from the seeder at the end of the run, 6-7 s
+    /// after they were asked for, when 14-15 downloaders already held them. Their
+    /// requesters finished last, and the seeder spent a second of its upload -- the
+    /// swarm's bottleneck -- on them while new blocks waited.
+    fn reroute_from_seeders(&mut self, peer: u32, units: &[u32]) {
+        if self.opts.strict || units.is_empty() {
+            return;
+        }
+        let relay = self.config.peers.get(peer).is_some_and(|p| !p.has_file)
+            && self
+                .neighbours
+                .get(&peer)
+                .is_some_and(|n| n.blocks && !n.peer_choking);
+        if !relay {
+            return;
+        }
+        let seeders: Vec<u32> = self
+            .neighbours
+            .iter()
+            .filter(|(&id, n)| {
+                id != peer
+                    && n.blocks
+                    && n.extensions.contains(Extensions::CANCEL)
+                    && !n.outstanding.is_empty()
+                    && self.config.peers.get(id).is_some_and(|p| p.has_file)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let mut moved = false;
+        for &u in units {
+            if self.picker.have().has(u) || self.writing.contains(&u) {
+                continue;
+            }
+            for &s in &seeders {
+                let Some(n) = self.neighbours.get_mut(&s) else {
+                    continue;
+                };
+                let Some(pos) = n.outstanding.iter().position(|&v| v == u) else {
+                    continue;
+                };
+                n.outstanding.swap_remove(pos);
+                let (piece, block) = self.layout.split(u);
+                let _ = n.link.tx.send(Message::CancelBlock { piece, block }.into());
+                if n.outstanding.is_empty() {
+                    n.waiting_since = None;
+                }
+                tracing::trace!("request {u} moved from {s} to {peer}");
+                if let Some(r) = self.neighbours.get_mut(&peer) {
+                    r.outstanding.push(u);
+                    let _ = r
+                        .link
+                        .tx
+                        .send(Message::RequestBlock { piece, block }.into());
+                    r.waiting_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                }
+                moved = true;
+                break;
+            }
+        }
+        if moved {
+            for s in seeders {
+                self.fill_requests(s);
+            }
+        }
     }
 
     /// Queues an upload of unit `index` (`block`) or of the piece starting there.

@@ -124,6 +124,22 @@ impl UploadQueue {
         before - self.waiting.len()
     }
 
+    /// Forgets `peer`'s waiting request for block `index`, if it is still waiting
+    /// (a `cancel-block`); returns whether it was.
+    pub fn withdraw(&mut self, peer: u32, index: u32) -> bool {
+        match self
+            .waiting
+            .iter()
+            .position(|w| w.peer == peer && w.index == index && w.block)
+        {
+            Some(pos) => {
+                self.waiting.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.waiting.len()
     }
@@ -326,6 +342,28 @@ mod tests {
         // slots = 0: no limit.
         assert_eq!(q.next(t0, |_| 0, never).map(|w| w.peer), Some(2));
         assert_eq!(q.busy(), 1);
+    }
+
+    #[test]
+    fn withdraw_forgets_one_waiting_block_request_of_that_peer() {
+        let t0 = Instant::now();
+        let mut q = UploadQueue::new(1, Duration::from_secs(5));
+        let block = |peer, index| Waiting {
+            block: true,
+            ..w(peer, index, t0)
+        };
+        q.push(block(1, 7));
+        q.push(block(2, 7));
+        q.push(w(1, 8, t0)); // a whole piece: not withdrawn by cancel-block
+        assert!(!q.withdraw(1, 8));
+        assert!(!q.withdraw(3, 7));
+        assert!(q.withdraw(1, 7));
+        assert!(!q.withdraw(1, 7));
+        assert_eq!(q.len(), 2);
+        let next = q.next(t0, |_| 0, never).map(|w| (w.peer, w.index));
+        assert_eq!(next, Some((2, 7)));
+        // Once taken for sending it is no longer waiting.
+        assert!(!q.withdraw(2, 7));
     }
 
     #[test]

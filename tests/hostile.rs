@@ -744,3 +744,120 @@ fn bitfield_sent_with_the_handshake_is_not_lost() {
         lost.join("\n")
     );
 }
+
+/// An advertising handshake (SPEC B): `p2ps`, `flags`, log2 of the block size.
+fn extended_handshake(id: u32, flags: u8, block_size: u32) -> [u8; 32] {
+    let mut b = handshake(id);
+    b[18..22].copy_from_slice(b"p2ps");
+    b[22] = flags;
+    b[23] = block_size.trailing_zeros() as u8;
+    b
+}
+
+/// `cancel-block` (type 11) exists only where both sides advertised CANCEL (flag 4)
+/// with BLOCKS: elsewhere it is an unknown type and closes the connection. Where it
+/// was agreed, it withdraws a request still waiting for an upload slot, and only
+/// that one: the seeder sends one 4 KiB block a second (`--upload-limit 4096`,
+/// one upload slot), so the cancels, written together with the requests, reach it
+/// seconds before a slot could take those requests.
+#[test]
+fn cancel_block_is_negotiated_and_withdraws_a_waiting_request() {
+    const BLOCK: u32 = 4096;
+    let swarm = Swarm::create(SwarmSpec {
+        peers: 2,
+        seeders: vec![0],
+        file_size: 100_000,
+        piece_size: 16_384,
+        k: 1,
+        host: "127.0.0.1".into(),
+        ..SwarmSpec::default()
+    });
+    let (seed, me) = (swarm.peers[0].id, swarm.peers[1].id);
+    let mut opts = target_opts();
+    for a in [
+        "--block-size",
+        "4096",
+        "--upload-slots",
+        "1",
+        "--upload-limit",
+        "4096",
+    ] {
+        opts.extra.push(a.into());
+    }
+    let mut t = Target::new(&swarm, swarm.spawn(seed, &opts));
+    let port = t.port;
+    let open = |flags: u8| {
+        let mut s = connect(port);
+        s.write_all(&extended_handshake(me, flags, BLOCK)).unwrap();
+        let reply = read_n(&mut s, 32, CLOSE_WITHIN).expect("handshake reply");
+        assert_eq!(&reply[18..22], b"p2ps", "the seeder did not advertise");
+        let (kind, _) = read_message(&mut s, CLOSE_WITHIN).expect("bitfield");
+        assert_eq!(kind, 5, "first message");
+        (s, reply[22])
+    };
+    let block_id = |piece: u32, block: u32| [piece.to_be_bytes(), block.to_be_bytes()].concat();
+
+    // PIPELINE + BLOCKS, no CANCEL: type 11 is unknown here.
+    let (s, flags) = open(1 | 2);
+    assert_eq!(
+        flags & 4,
+        4,
+        "the seeder must advertise CANCEL (flags {flags})"
+    );
+    t.must_close(
+        "cancel-block without CANCEL negotiated",
+        s,
+        &frame(11, &block_id(1, 0)),
+        r"unknown message type 11",
+    );
+
+    // With CANCEL: ask for every block of pieces 0 and 1, withdraw piece 1's.
+    let (mut s, _) = open(1 | 2 | 4);
+    s.write_all(&frame(2, &[])).unwrap();
+    loop {
+        match read_message(&mut s, Duration::from_secs(20)) {
+            Ok((1, _)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("no unchoke from seeder {seed}: {e:?}"),
+        }
+    }
+    let mut batch = Vec::new();
+    for piece in 0..2 {
+        for block in 0..4 {
+            batch.extend(frame(9, &block_id(piece, block)));
+        }
+    }
+    for block in 0..4 {
+        batch.extend(frame(11, &block_id(1, block)));
+    }
+    s.write_all(&batch).unwrap();
+    let block_of = |body: &[u8]| {
+        let word = |k: usize| u32::from_be_bytes([body[k], body[k + 1], body[k + 2], body[k + 3]]);
+        (word(0), word(4))
+    };
+    let mut got = Vec::new();
+    // Piece 0's four blocks take about 3 s.
+    while got.len() < 4 {
+        match read_message(&mut s, Duration::from_secs(20)) {
+            Ok((10, body)) => got.push(block_of(&body)),
+            Ok(_) => {}
+            Err(e) => panic!("waiting for blocks (got {got:?}): {e:?}"),
+        }
+    }
+    // A cancelled block would follow within a second; wait three.
+    let quiet = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < quiet {
+        match read_message(&mut s, quiet - Instant::now()) {
+            Ok((10, body)) => got.push(block_of(&body)),
+            Ok(_) => {}
+            Err(Some(_)) => break, // nothing more: what we expect
+            Err(None) => panic!("seeder {seed} closed the connection after the cancels"),
+        }
+    }
+    t.alive("the cancels");
+    assert_eq!(
+        got,
+        vec![(0, 0), (0, 1), (0, 2), (0, 3)],
+        "expected piece 0's blocks and none of piece 1's (cancelled)"
+    );
+}

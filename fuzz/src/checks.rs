@@ -36,23 +36,35 @@ pub const TARGETS: &[(&str, Check)] = &[
 /// `(piece_size, pieces, blocks)` swarms the codec is run with: a tiny one (largest
 /// legal body 6 bytes: a piece of one byte), one where the bitfield is the largest
 /// legal message, and the SPEC A1 example; then connections that negotiated BLOCKS
-/// (`(block_size, blocks per piece)`, message types 8-10 legal).
+/// (`(block_size, blocks per piece, CANCEL too)`, message types 8-10 legal, and 11
+/// with CANCEL).
 const SWARMS: &[(u32, u32, Option<Blocks>)] = &[
     (1, 1, None),
     (4, 1000, None),
     (16384, 133, None),
-    (16384, 133, Some((4096, 4))),
-    (2048, 10, Some((1024, 2))),
+    (16384, 133, Some((4096, 4, false))),
+    (2048, 10, Some((1024, 2, false))),
+    (2048, 10, Some((1024, 2, true))),
 ];
 
-/// `(block_size, blocks per piece)` of a connection that negotiated BLOCKS.
-type Blocks = (u32, u32);
+/// `(block_size, blocks per piece, CANCEL)` of a connection that negotiated BLOCKS.
+type Blocks = (u32, u32, bool);
 
 fn codec_for(piece_size: u32, pieces: u32, blocks: Option<Blocks>) -> MessageCodec {
     let codec = MessageCodec::new(piece_size, pieces);
     match blocks {
-        Some((size, per_piece)) => codec.with_blocks(size, per_piece),
+        Some((size, per_piece, false)) => codec.with_blocks(size, per_piece),
+        Some((size, per_piece, true)) => codec.with_blocks(size, per_piece).with_cancel(),
         None => codec,
+    }
+}
+
+/// The highest message type legal on such a connection.
+fn last_type(blocks: Option<Blocks>) -> u8 {
+    match blocks {
+        None => 7,
+        Some((_, _, false)) => 10,
+        Some((_, _, true)) => 11,
     }
 }
 
@@ -72,7 +84,7 @@ pub fn frame(data: &[u8]) {
         let whole = decode_whole(
             data,
             codec_for(piece_size, pieces, blocks),
-            blocks.is_some(),
+            last_type(blocks),
         );
         let odd = data.len() % 13 + 1;
         for chunk in [1, 5, odd] {
@@ -86,7 +98,7 @@ pub fn frame(data: &[u8]) {
     }
 }
 
-fn decode_whole(data: &[u8], mut codec: MessageCodec, blocks: bool) -> Decoded {
+fn decode_whole(data: &[u8], mut codec: MessageCodec, last_type: u8) -> Decoded {
     let max_body = codec.max_body();
     assert!(
         max_body >= 5,
@@ -127,7 +139,7 @@ fn decode_whole(data: &[u8], mut codec: MessageCodec, blocks: bool) -> Decoded {
                 };
             }
             Err(e) => {
-                check_decode_error(&e, &data[offset..], max_body, blocks);
+                check_decode_error(&e, &data[offset..], max_body, last_type);
                 return Decoded {
                     messages,
                     error: Some(e.to_string()),
@@ -138,7 +150,7 @@ fn decode_whole(data: &[u8], mut codec: MessageCodec, blocks: bool) -> Decoded {
 }
 
 /// The error names a real fault of the frame at the head of `rest`.
-fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32, blocks: bool) {
+fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32, last_type: u8) {
     assert!(rest.len() >= 4, "{e} before a whole length field");
     let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
     match e {
@@ -149,7 +161,7 @@ fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32, blocks: bool)
         }
         DecodeError::UnknownType(t) => {
             assert_eq!(rest.get(4), Some(t));
-            assert!(*t > if blocks { 10 } else { 7 });
+            assert!(*t > last_type);
         }
         DecodeError::BadPayload { .. } => {
             assert!(rest.len() >= 4 + len as usize, "{e} on an incomplete frame");
@@ -158,8 +170,9 @@ fn check_decode_error(e: &DecodeError, rest: &[u8], max_body: u32, blocks: bool)
                 0..=3 => assert_ne!(payload, 0, "{e}"),
                 4 | 6 => assert_ne!(payload, 4, "{e}"),
                 7 => assert!(payload < 4, "{e}"),
-                8 | 9 if blocks => assert_ne!(payload, 8, "{e}"),
-                10 if blocks => assert!(
+                8 | 9 if last_type >= 10 => assert_ne!(payload, 8, "{e}"),
+                11 if last_type >= 11 => assert_ne!(payload, 8, "{e}"),
+                10 if last_type >= 10 => assert!(
                     payload < 10
                         || payload - 10 < 32 * u16::from_be_bytes([rest[13], rest[14]]) as usize,
                     "{e}"
