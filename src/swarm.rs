@@ -160,6 +160,8 @@ struct Neighbour {
     /// Requests of theirs we are reading from disk.
     reading: u32,
     bytes_this_interval: u64,
+    /// Bytes it sent us during the last whole unchoking interval.
+    last_interval_bytes: u64,
     corrupt: u32,
     /// When it last announced a piece nobody else we know had (so it came from a
     /// seeder), and the smoothed gap between such pieces: tells whether a seeder is
@@ -757,6 +759,7 @@ impl Swarm {
                 outstanding: Vec::new(),
                 reading: 0,
                 bytes_this_interval: 0,
+                last_interval_bytes: 0,
                 corrupt: 0,
                 last_fresh: None,
                 fresh_gap: None,
@@ -1212,14 +1215,6 @@ impl Swarm {
         if self.opts.strict || units.is_empty() {
             return;
         }
-        let relay = self.config.peers.get(peer).is_some_and(|p| !p.has_file)
-            && self
-                .neighbours
-                .get(&peer)
-                .is_some_and(|n| n.blocks && !n.peer_choking);
-        if !relay {
-            return;
-        }
         let seeders: Vec<u32> = self
             .neighbours
             .iter()
@@ -1232,6 +1227,40 @@ impl Swarm {
             })
             .map(|(&id, _)| id)
             .collect();
+        let waiting_at_seeder = |u: &u32| {
+            seeders.iter().any(|s| {
+                self.neighbours
+                    .get(s)
+                    .is_some_and(|n| n.outstanding.contains(u))
+            })
+        };
+        if !units.iter().any(waiting_at_seeder) {
+            return;
+        }
+        // Only to a downloader that has been sending us at least its fair share:
+        // moved to a slow uplink (5 of 20 mbit), a request waited longer there than
+        // at the seeder (measured: bench/RESULTS.md). Another holder's announcement
+        // comes soon enough.
+        let (sum, count) = self
+            .neighbours
+            .iter()
+            .filter(|(&id, n)| {
+                n.blocks
+                    && !n.peer_choking
+                    && self.config.peers.get(id).is_some_and(|p| !p.has_file)
+            })
+            .fold((0u64, 0u64), |(s, c), (_, n)| {
+                (s + n.last_interval_bytes, c + 1)
+            });
+        let fair = sum / count.max(1);
+        let relay = self.config.peers.get(peer).is_some_and(|p| !p.has_file)
+            && self
+                .neighbours
+                .get(&peer)
+                .is_some_and(|n| n.blocks && !n.peer_choking && n.last_interval_bytes >= fair);
+        if !relay {
+            return;
+        }
         let mut moved = false;
         for &u in units {
             if self.picker.have().has(u) || self.writing.contains(&u) {
@@ -1656,7 +1685,7 @@ impl Swarm {
         let complete = self.picker.have().is_complete();
         let d = self.choker.rechoke(&cands, k, complete, &mut self.rng);
         for n in self.neighbours.values_mut() {
-            n.bytes_this_interval = 0;
+            n.last_interval_bytes = std::mem::take(&mut n.bytes_this_interval);
         }
         self.apply(d);
     }
