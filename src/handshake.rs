@@ -4,8 +4,8 @@
 //! Layout: `P2PFILESHARINGPROJ` (18 bytes), 10 reserved bytes, 4-byte big-endian peer ID.
 //! A plain peer sends zeros in the reserved bytes. p2pshare advertises extensions as
 //! `b"p2ps"`, a flags byte (1 PIPELINE, 2 BLOCKS, 4 CANCEL), then (with BLOCKS) the
-//! block size as a power of two, then zeros; anything else non-zero (an unknown implementation's private use) is
-//! read as "no extensions we know".
+//! block size as a power of two, then zeros; anything else non-zero (an unknown
+//! implementation's private use) is read as "no extensions we know".
 
 pub const HEADER: &[u8; 18] = b"P2PFILESHARINGPROJ";
 pub const LEN: usize = 32;
