@@ -1216,99 +1216,63 @@ impl Swarm {
         // seeders have upload to spare and the relays are the bottleneck: moving
         // requests onto relays made N = 8 with 2 seeders slower (1.163 against 1.123
         // of the bound, bench/RESULTS.md).
-        let listed_seeders = self
-            .config
-            .peers
-            .peers
-            .iter()
-            .filter(|p| p.has_file)
-            .count();
-        if self.opts.strict || units.is_empty() || listed_seeders != 1 {
+        let mut listed = self.config.peers.peers.iter().filter(|p| p.has_file);
+        let (Some(seeder), None) = (listed.next(), listed.next()) else {
             return;
-        }
-        let seeders: Vec<u32> = self
-            .neighbours
-            .iter()
-            .filter(|(&id, n)| {
-                id != peer
-                    && n.blocks
-                    && n.extensions.contains(Extensions::CANCEL)
-                    && !n.outstanding.is_empty()
-                    && self.config.peers.get(id).is_some_and(|p| p.has_file)
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        let waiting_at_seeder = |u: &u32| {
-            seeders.iter().any(|s| {
-                self.neighbours
-                    .get(s)
-                    .is_some_and(|n| n.outstanding.contains(u))
-            })
         };
-        if !units.iter().any(waiting_at_seeder) {
+        let seeder = seeder.id;
+        if self.opts.strict || seeder == peer {
             return;
         }
-        // Only to a downloader that has been sending us at least its fair share:
-        // moved to a slow uplink (5 of 20 mbit), a request waited longer there than
-        // at the seeder (measured: bench/RESULTS.md). Another holder's announcement
+        let waiting = |u: &u32| !self.picker.have().has(*u) && !self.writing.contains(u);
+        let moving: Vec<u32> = match self.neighbours.get(&seeder) {
+            Some(n) if n.blocks && n.extensions.contains(Extensions::CANCEL) => units
+                .iter()
+                .copied()
+                .filter(|u| n.outstanding.contains(u) && waiting(u))
+                .collect(),
+            _ => return,
+        };
+        if moving.is_empty() {
+            return;
+        }
+        // Only to a downloader that has been sending us at least the average of our
+        // downloaders: moved to a slow uplink (5 of 20 mbit), a request waited longer
+        // there than at the seeder (bench/RESULTS.md). A faster holder's announcement
         // comes soon enough.
         let (sum, count) = self
             .neighbours
             .iter()
-            .filter(|(&id, n)| {
-                n.blocks
-                    && !n.peer_choking
-                    && self.config.peers.get(id).is_some_and(|p| !p.has_file)
-            })
+            .filter(|(&id, n)| id != seeder && n.blocks && !n.peer_choking)
             .fold((0u64, 0u64), |(s, c), (_, n)| {
                 (s + n.last_interval_bytes, c + 1)
             });
         let fair = sum / count.max(1);
-        let relay = self.config.peers.get(peer).is_some_and(|p| !p.has_file)
-            && self
-                .neighbours
-                .get(&peer)
-                .is_some_and(|n| n.blocks && !n.peer_choking && n.last_interval_bytes >= fair);
+        let relay = self
+            .neighbours
+            .get(&peer)
+            .is_some_and(|n| n.blocks && !n.peer_choking && n.last_interval_bytes >= fair);
         if !relay {
             return;
         }
-        let mut moved = false;
-        for &u in units {
-            if self.picker.have().has(u) || self.writing.contains(&u) {
-                continue;
-            }
-            for &s in &seeders {
-                let Some(n) = self.neighbours.get_mut(&s) else {
-                    continue;
-                };
-                let Some(pos) = n.outstanding.iter().position(|&v| v == u) else {
-                    continue;
-                };
-                n.outstanding.swap_remove(pos);
-                let (piece, block) = self.layout.split(u);
+        for &u in &moving {
+            let (piece, block) = self.layout.split(u);
+            if let Some(n) = self.neighbours.get_mut(&seeder) {
+                n.outstanding.retain(|&v| v != u);
                 let _ = n.link.tx.send(Message::CancelBlock { piece, block }.into());
                 if n.outstanding.is_empty() {
                     n.waiting_since = None;
                 }
-                tracing::trace!("request {u} moved from {s} to {peer}");
-                if let Some(r) = self.neighbours.get_mut(&peer) {
-                    r.outstanding.push(u);
-                    let _ = r
-                        .link
-                        .tx
-                        .send(Message::RequestBlock { piece, block }.into());
-                    r.waiting_since
-                        .get_or_insert_with(tokio::time::Instant::now);
-                }
-                moved = true;
-                break;
+            }
+            tracing::trace!("request {u} moved from {seeder} to {peer}");
+            if let Some(r) = self.neighbours.get_mut(&peer) {
+                r.outstanding.push(u);
+                let _ = r.link.tx.send(unit_request(&self.layout, true, u).into());
+                r.waiting_since
+                    .get_or_insert_with(tokio::time::Instant::now);
             }
         }
-        if moved {
-            for s in seeders {
-                self.fill_requests(s);
-            }
-        }
+        self.fill_requests(seeder);
     }
 
     /// Queues an upload of unit `index` (`block`) or of the piece starting there.
