@@ -131,6 +131,18 @@ pub struct SwarmOptions {
 /// A request waiting this long for an upload slot goes before rarer pieces.
 const UPLOAD_MAX_WAIT: Duration = Duration::from_secs(3);
 
+/// The same for a seeder (default mode). Its queue holds seconds of requests (every
+/// downloader asks it for its share), so with 3 s nearly every request was overdue
+/// and served by age, which defeats the order of `pump_uploads`. 10 s still comes
+/// well before a requester gives up on us (`request_timeout`).
+const SEEDER_MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// Requests beyond the pipeline depth for units that only the announcing downloader
+/// holds (see `request_fresh`): without them a fresh unit waits until one of the
+/// requests already outstanding there has arrived, which is most of a relay's
+/// fan-out time.
+const FRESH_EXTRA: usize = 4;
+
 /// How a swarm run ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -198,6 +210,10 @@ pub struct Swarm {
     /// Units we have started uploading at least once (upload order, see
     /// `pump_uploads`).
     sent: Bitfield,
+    /// A seeder's (default mode): per neighbour, the units we sent it first and that
+    /// not every neighbour holds yet, i.e. what it still has to relay (see
+    /// `pump_uploads`).
+    fanout: Option<HashMap<u32, Vec<u32>>>,
     choker: Choker,
     rng: StdRng,
     events_tx: mpsc::Sender<SwarmEvent>,
@@ -252,6 +268,7 @@ impl Swarm {
             Strategy::RarestFirst
         };
         let complete_at_start = have.is_complete();
+        let seeding = complete_at_start && !opts.strict;
         // `have` is per piece; the picker counts units.
         let mut units = Bitfield::new(layout.units());
         for p in have.iter_set() {
@@ -292,7 +309,11 @@ impl Swarm {
                 } else {
                     opts.upload_slots
                 },
-                UPLOAD_MAX_WAIT,
+                if seeding {
+                    SEEDER_MAX_WAIT
+                } else {
+                    UPLOAD_MAX_WAIT
+                },
             ),
             uploads_started: 0,
             upload_rate: UploadRate::new(std::time::Instant::now()),
@@ -312,6 +333,7 @@ impl Swarm {
             known_complete,
             writing: HashSet::new(),
             sent: Bitfield::new(layout.units()),
+            fanout: seeding.then(HashMap::new),
             choker: Choker::default(),
             events_tx,
             events,
@@ -789,14 +811,35 @@ impl Swarm {
                 self.uploads.set_slots(slots);
             }
         }
+        // A seeder serves first the downloaders with the least relaying left to do:
+        // for each, the holders still missing the units we sent it first. The last
+        // new units then go to relays that can pass them on at once instead of
+        // queueing behind the ones they got before. Traced at 16 downloaders, FIFO
+        // order gave one relay four of the last units, and it needed 1.5 s to pass
+        // them to the 15 others; this order spread them one per relay.
+        let mut loads: HashMap<u32, u64> = HashMap::new();
+        let everyone = self.neighbours.len() as u32;
+        if let Some(fanout) = &mut self.fanout {
+            let picker = &self.picker;
+            fanout.retain(|&peer, units| {
+                units.retain(|&u| picker.availability(u) < everyone);
+                let left = units
+                    .iter()
+                    .map(|&u| u64::from(everyone.saturating_sub(picker.availability(u))))
+                    .sum();
+                loads.insert(peer, left);
+                !units.is_empty()
+            });
+        }
         loop {
             // Rarest first, and anything we have sent before after everything we
             // have not (see `upload.rs`): measured, a seeder's duplicates served by
             // age delayed the last new units of a 16-downloader swarm by 0.8 s.
             let (picker, sent) = (&self.picker, &self.sent);
+            let load = |peer: u32| loads.get(&peer).copied().unwrap_or(0);
             let Some(w) = self
                 .uploads
-                .next(now, |i| picker.availability(i), |i| sent.has(i))
+                .next(now, |i| picker.availability(i), |i| sent.has(i), load)
             else {
                 return;
             };
@@ -828,6 +871,12 @@ impl Swarm {
                 layout.piece_len(piece) as u64
             };
             self.upload_rate.add(now, bytes);
+            if let Some(fanout) = &mut self.fanout {
+                if !self.sent.has(w.index) {
+                    fanout.entry(w.peer).or_default().push(w.index);
+                    *loads.entry(w.peer).or_default() += u64::from(everyone);
+                }
+            }
             if w.block {
                 self.sent.set(w.index);
             } else {
@@ -1196,8 +1245,54 @@ impl Swarm {
         }
         self.update_interest(peer);
         self.reroute_from_seeders(peer, &new);
+        self.request_fresh(peer, &new);
         self.fill_requests(peer);
         Ok(())
+    }
+
+    /// `peer`, a downloader, just announced `units`: those no other downloader we
+    /// know holds (it has them from a seeder) are asked of it at once, beyond the
+    /// pipeline depth (at most `FRESH_EXTRA` more). Its upload queue serves the
+    /// rarest first, so they jump the queue there.
+    fn request_fresh(&mut self, peer: u32, units: &[u32]) {
+        if self.opts.strict || self.writing.len() >= self.max_writing() {
+            return;
+        }
+        if self.config.peers.get(peer).is_none_or(|p| p.has_file) {
+            return;
+        }
+        let complete = self
+            .neighbours
+            .values()
+            .filter(|o| o.bitfield.is_complete())
+            .count() as u32;
+        let depth = self.opts.pipeline_depth.max(1) + FRESH_EXTRA;
+        let layout = self.layout;
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return;
+        };
+        if !n.blocks || n.peer_choking || !n.extensions.contains(Extensions::PIPELINE) {
+            return;
+        }
+        for &u in units {
+            if n.outstanding.len() >= depth {
+                break;
+            }
+            if self.picker.have().has(u)
+                || self.picker.is_pending(u)
+                || self.writing.contains(&u)
+                || n.bad_pieces.contains(&u)
+                || self.picker.availability(u) > complete + 1
+            {
+                continue;
+            }
+            tracing::trace!("request {u} from {peer} (fresh)");
+            self.picker.mark_pending(u);
+            n.outstanding.push(u);
+            let _ = n.link.tx.send(unit_request(&layout, true, u).into());
+            n.waiting_since
+                .get_or_insert_with(tokio::time::Instant::now);
+        }
     }
 
     /// `peer`, a downloader that unchokes us, just announced `units`: those we are

@@ -163,12 +163,15 @@ impl UploadQueue {
 
     /// The request to serve now, if a slot is free: the oldest one that has waited
     /// `max_wait`, else the rarest (`rarity`: how many neighbours have the piece),
-    /// oldest first among equals. Takes a slot; give it back with [`Self::done`].
+    /// then the requester with the least `load` (what it still has to relay, see
+    /// `Swarm::pump_uploads`), oldest first among equals. Takes a slot; give it back
+    /// with [`Self::done`].
     pub fn next(
         &mut self,
         now: Instant,
         rarity: impl Fn(u32) -> u32,
         sent_before: impl Fn(u32) -> bool,
+        load: impl Fn(u32) -> u64,
     ) -> Option<Waiting> {
         if self.waiting.is_empty() || (self.slots > 0 && self.busy >= self.slots) {
             return None;
@@ -189,7 +192,7 @@ impl UploadQueue {
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| eligible(w))
-                .min_by_key(|(_, w)| (rarity(w.index), w.since))
+                .min_by_key(|(_, w)| (rarity(w.index), load(w.peer), w.since))
                 .map(|(pos, _)| pos)?,
         };
         self.busy += 1;
@@ -270,6 +273,33 @@ mod tests {
     }
 
     #[test]
+    fn among_equally_rare_pieces_the_least_loaded_requester_goes_first() {
+        let t0 = Instant::now();
+        let mut q = UploadQueue::new(1, Duration::from_secs(5));
+        q.push(w(1, 10, t0));
+        q.push(w(2, 11, t0 + Duration::from_millis(1)));
+        q.push(w(3, 12, t0 + Duration::from_millis(2)));
+        let load = |peer: u32| match peer {
+            1 => 30,
+            2 => 0,
+            _ => 15,
+        };
+        let order: Vec<u32> = (0..3)
+            .filter_map(|_| {
+                let w = q.next(t0, |_| 0, never, load)?;
+                q.done();
+                Some(w.peer)
+            })
+            .collect();
+        assert_eq!(order, [2, 3, 1]);
+        // Rarity still comes first: a rarer piece for the busiest requester wins.
+        q.push(w(1, 20, t0));
+        q.push(w(2, 21, t0));
+        let rarity = |i: u32| if i == 20 { 0 } else { 1 };
+        assert_eq!(q.next(t0, rarity, never, load).map(|w| w.peer), Some(1));
+    }
+
+    #[test]
     fn serves_the_rarest_piece_first_and_oldest_among_equals() {
         let t0 = Instant::now();
         let mut q = UploadQueue::new(1, Duration::from_secs(5));
@@ -279,17 +309,17 @@ mod tests {
         q.push(w(4, 31, t0 + Duration::from_millis(3)));
         let rarity = |i: u32| if i >= 30 { 0 } else { 3 };
         let now = t0 + Duration::from_secs(1);
-        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(30));
+        assert_eq!(q.next(now, rarity, never, |_| 0).map(|w| w.index), Some(30));
         // One slot: nothing more until it is given back.
-        assert_eq!(q.next(now, rarity, never), None);
+        assert_eq!(q.next(now, rarity, never, |_| 0), None);
         q.done();
-        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(31));
+        assert_eq!(q.next(now, rarity, never, |_| 0).map(|w| w.index), Some(31));
         q.done();
-        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(10));
+        assert_eq!(q.next(now, rarity, never, |_| 0).map(|w| w.index), Some(10));
         q.done();
-        assert_eq!(q.next(now, rarity, never).map(|w| w.index), Some(20));
+        assert_eq!(q.next(now, rarity, never, |_| 0).map(|w| w.index), Some(20));
         q.done();
-        assert_eq!(q.next(now, rarity, never), None);
+        assert_eq!(q.next(now, rarity, never, |_| 0), None);
         assert!(q.is_empty());
     }
 
@@ -301,12 +331,12 @@ mod tests {
         q.push(w(2, 8, t0 + Duration::from_secs(4)));
         let rarity = |i: u32| if i == 8 { 0 } else { 9 };
         assert_eq!(
-            q.next(t0 + Duration::from_secs(5), rarity, never)
+            q.next(t0 + Duration::from_secs(5), rarity, never, |_| 0)
                 .map(|w| w.index),
             Some(7)
         );
         assert_eq!(
-            q.next(t0 + Duration::from_secs(5), rarity, never)
+            q.next(t0 + Duration::from_secs(5), rarity, never, |_| 0)
                 .map(|w| w.index),
             Some(8)
         );
@@ -325,9 +355,9 @@ mod tests {
         q.push(w(2, 6, t0 + Duration::from_secs(8)));
         let sent = |i: u32| i == 5;
         let now = t0 + Duration::from_secs(9);
-        assert_eq!(q.next(now, |_| 0, sent).map(|w| w.index), Some(6));
+        assert_eq!(q.next(now, |_| 0, sent, |_| 0).map(|w| w.index), Some(6));
         q.done();
-        assert_eq!(q.next(now, |_| 0, sent).map(|w| w.index), Some(5));
+        assert_eq!(q.next(now, |_| 0, sent, |_| 0).map(|w| w.index), Some(5));
     }
 
     #[test]
@@ -340,7 +370,7 @@ mod tests {
         assert_eq!(q.cancel(1), 2);
         assert_eq!(q.len(), 1);
         // slots = 0: no limit.
-        assert_eq!(q.next(t0, |_| 0, never).map(|w| w.peer), Some(2));
+        assert_eq!(q.next(t0, |_| 0, never, |_| 0).map(|w| w.peer), Some(2));
         assert_eq!(q.busy(), 1);
     }
 
@@ -360,7 +390,7 @@ mod tests {
         assert!(q.withdraw(1, 7));
         assert!(!q.withdraw(1, 7));
         assert_eq!(q.len(), 2);
-        let next = q.next(t0, |_| 0, never).map(|w| (w.peer, w.index));
+        let next = q.next(t0, |_| 0, never, |_| 0).map(|w| (w.peer, w.index));
         assert_eq!(next, Some((2, 7)));
         // Once taken for sending it is no longer waiting.
         assert!(!q.withdraw(2, 7));
