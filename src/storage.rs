@@ -171,6 +171,26 @@ impl Storage {
         Ok(*h.finalize().as_bytes())
     }
 
+    /// Flushes the file and compares its BLAKE3 with `expected` (when there is a
+    /// manifest): the last line of defence against a disk that changed what we wrote.
+    pub fn check_whole_file(&self, expected: Option<&crate::manifest::Hash>) -> Result<(), String> {
+        self.sync().map_err(|e| e.to_string())?;
+        let Some(want) = expected else {
+            return Ok(());
+        };
+        let got = self.file_hash().map_err(|e| e.to_string())?;
+        if &got == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: BLAKE3 {} differs from the manifest's {}",
+                self.path.display(),
+                crate::manifest::hex(&got),
+                crate::manifest::hex(want)
+            ))
+        }
+    }
+
     pub fn sync(&self) -> Result<(), StorageError> {
         self.file.sync_data().map_err(|source| StorageError::Io {
             path: self.path.clone(),
@@ -230,6 +250,25 @@ mod tests {
         );
         let seed = Storage::open_seed(&dir.path().join("sub/f"), &c).unwrap();
         assert_eq!(&seed.read_piece(1).unwrap()[..], b"efgh");
+    }
+
+    #[test]
+    fn the_whole_file_check_compares_with_the_manifest_digest_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = common(10, 4);
+        let path = dir.path().join("f");
+        let s = Storage::create(&path, &c).unwrap();
+        for (i, p) in [&b"abcd"[..], b"efgh", b"ij"].iter().enumerate() {
+            s.write_piece(i as u32, p).unwrap();
+        }
+        let right = *blake3::hash(b"abcdefghij").as_bytes();
+        assert_eq!(s.check_whole_file(Some(&right)), Ok(()));
+        assert_eq!(s.check_whole_file(None), Ok(()));
+        // The disk changed a byte after it was written and verified.
+        s.write_piece(1, b"efgX").unwrap();
+        let e = s.check_whole_file(Some(&right)).unwrap_err();
+        assert!(e.contains("differs from the manifest's"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
     }
 
     #[test]

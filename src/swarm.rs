@@ -1517,29 +1517,27 @@ impl Swarm {
                 "downloaded the complete file: {}",
                 self.storage.path().display()
             );
-            let storage = self.storage.clone();
-            let tx = self.events_tx.clone();
             let expected = self.manifest.as_ref().map(|m| m.file_hash);
-            tokio::task::spawn_blocking(move || {
-                let result =
-                    storage
-                        .sync()
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| match expected {
-                            Some(want) => match storage.file_hash() {
-                                Ok(got) if got == want => Ok(()),
-                                Ok(got) => Err(format!(
-                                    "{}: BLAKE3 {} differs from the manifest's {}",
-                                    storage.path().display(),
-                                    crate::manifest::hex(&got),
-                                    crate::manifest::hex(&want)
-                                )),
-                                Err(e) => Err(e.to_string()),
-                            },
-                            None => Ok(()),
-                        });
-                let _ = tx.blocking_send(SwarmEvent::FileChecked(result));
-            });
+            let check = |storage: Arc<Storage>, tx: mpsc::Sender<SwarmEvent>| {
+                move || {
+                    let result = storage.check_whole_file(expected.as_ref());
+                    let _ = tx.blocking_send(SwarmEvent::FileChecked(result));
+                }
+            };
+            // The check re-reads the whole file while our neighbours still need our
+            // upload: on its own thread at idle priority it takes only CPU that the
+            // relaying (and anything else on the host) leaves over.
+            let job = check(self.storage.clone(), self.events_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("p2p-filecheck".into())
+                .spawn(move || {
+                    lower_this_thread_priority();
+                    job()
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start a thread for the whole-file check ({e})");
+                tokio::task::spawn_blocking(check(self.storage.clone(), self.events_tx.clone()));
+            }
         }
     }
 
@@ -1808,4 +1806,38 @@ fn advance_frontier(n: &mut Neighbour, share: u32, of: u32) {
         f += of.max(1);
     }
     n.frontier = f;
+}
+
+/// Puts the calling thread in `SCHED_IDLE` (Linux): it runs only when nothing else
+/// wants the CPU. Elsewhere, or if refused, it keeps its priority (only slower then
+/// for others, never wrong).
+fn lower_this_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if r != 0 {
+            tracing::debug!("SCHED_IDLE refused: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_whole_file_check_thread_runs_at_idle_priority() {
+        let policy = std::thread::spawn(|| {
+            super::lower_this_thread_priority();
+            // SAFETY: plain syscall on the calling thread.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // Only that thread: the caller's policy is untouched.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    }
 }
