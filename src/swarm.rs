@@ -1808,9 +1808,9 @@ fn advance_frontier(n: &mut Neighbour, share: u32, of: u32) {
     n.frontier = f;
 }
 
-/// Puts the calling thread in `SCHED_IDLE` (Linux): it runs only when nothing else
-/// wants the CPU. Elsewhere, or if refused, it keeps its priority (only slower then
-/// for others, never wrong).
+/// Puts the calling thread in `SCHED_IDLE` (Linux): it gets the smallest share of a
+/// busy CPU (not none, so it still finishes, slowly, on a host kept saturated; the
+/// peer's exit waits for it). Elsewhere, or if refused, it keeps its priority.
 fn lower_this_thread_priority() {
     #[cfg(target_os = "linux")]
     {
