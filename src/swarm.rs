@@ -22,7 +22,7 @@ use crate::eventlog::{Event as Log, EventLog};
 use crate::handshake::Extensions;
 use crate::manifest::Manifest;
 use crate::message::Message;
-use crate::picker::{Picker, Strategy};
+use crate::picker::{self, Holder, Picker, Strategy};
 use crate::storage::{Storage, StorageError};
 use crate::upload::{UploadQueue, UploadRate, UploadSlot, Waiting};
 use bytes::Bytes;
@@ -187,6 +187,9 @@ struct Neighbour {
     /// Since when we have been waiting on this neighbour for a requested piece
     /// (`None` when nothing is outstanding).
     waiting_since: Option<tokio::time::Instant>,
+    /// Smoothed time between its deliveries of requested units while we waited:
+    /// what "late" means for this neighbour (see `picker::spare_due`).
+    delivery_gap: Option<Duration>,
 }
 
 pub struct Swarm {
@@ -392,7 +395,10 @@ impl Swarm {
                     }
                     self.drop_stalled();
                 }
-                _ = shares.tick() => self.update_share_floors(),
+                _ = shares.tick() => {
+                    self.update_share_floors();
+                    self.offer_spares();
+                }
             }
         };
         self.shutdown().await;
@@ -789,6 +795,7 @@ impl Swarm {
                 connected_at: tokio::time::Instant::now(),
                 bad_pieces: Vec::new(),
                 waiting_since: None,
+                delivery_gap: None,
             },
         );
     }
@@ -1415,6 +1422,10 @@ impl Swarm {
         let before = n.outstanding.len();
         n.outstanding.retain(|u| !units.contains(u));
         let was_requested = n.outstanding.len() < before;
+        if let (true, Some(t)) = (was_requested, n.waiting_since) {
+            let sample = t.elapsed();
+            n.delivery_gap = Some(n.delivery_gap.map_or(sample, |g| (g * 3 + sample) / 4));
+        }
         n.bytes_this_interval += len as u64;
         n.waiting_since = (!n.outstanding.is_empty()).then(tokio::time::Instant::now);
         let have = self.picker.have();
@@ -1435,11 +1446,48 @@ impl Swarm {
             // other request is left to arrive as a duplicate.
             tracing::debug!("units {units:?} arrived from {peer} unrequested");
         }
-        for u in units {
+        for u in units.clone() {
             self.picker.mark_pending(u);
             self.writing.insert(u);
         }
+        self.cancel_elsewhere(peer, units);
         Ok(true)
+    }
+
+    /// Withdraws the other requests for `units`, which `from` has just delivered
+    /// (endgame spares, requests moved after a choke), from neighbours that
+    /// negotiated CANCEL, and lets those connections ask for something else. A copy
+    /// still coming would cost its sender's upload, which the rest of the swarm
+    /// needs most at the end, when the endgame runs.
+    fn cancel_elsewhere(&mut self, from: u32, units: std::ops::Range<u32>) {
+        let mut freed = Vec::new();
+        for (&id, n) in self.neighbours.iter_mut() {
+            if id == from || !n.blocks || !n.extensions.contains(Extensions::CANCEL) {
+                continue;
+            }
+            let withdrawn: Vec<u32> = n
+                .outstanding
+                .iter()
+                .copied()
+                .filter(|u| units.contains(u))
+                .collect();
+            if withdrawn.is_empty() {
+                continue;
+            }
+            n.outstanding.retain(|u| !units.contains(u));
+            for u in withdrawn {
+                let (piece, block) = self.layout.split(u);
+                let _ = n.link.tx.send(Message::CancelBlock { piece, block }.into());
+            }
+            if n.outstanding.is_empty() {
+                n.waiting_since = None;
+            }
+            freed.push(id);
+        }
+        for id in freed {
+            tracing::debug!("cancelled {units:?} at {id}: arrived from {from}");
+            self.fill_requests(id);
+        }
     }
 
     /// Verifies (`check`, off this task: a bad copy never touches the file) and
@@ -1619,6 +1667,14 @@ impl Swarm {
         let whole =
             self.layout.has_blocks() && !self.neighbours.get(&peer).is_some_and(|n| n.blocks);
         let masked = whole.then(|| self.whole_pieces_of(peer));
+        // Endgame: who each outstanding unit is asked of, for `picker::spare_due`.
+        let endgame =
+            !self.opts.strict && !seeder && !whole && self.picker.unrequested_missing() == 0;
+        let holders = if endgame {
+            self.holders()
+        } else {
+            HashMap::new()
+        };
         let layout = self.layout;
         let Some(n) = self.neighbours.get_mut(&peer) else {
             return;
@@ -1683,16 +1739,15 @@ impl Swarm {
         // slowest neighbour. One extra copy per idle connection at most; duplicates
         // are dropped on arrival.
         // Never from a peer listed with the file: its upload is the swarm's bottleneck.
-        if !self.opts.strict
-            && !seeder
-            && !whole
-            && n.outstanding.is_empty()
-            && self.picker.unrequested_missing() == 0
-        {
+        if endgame && n.outstanding.is_empty() {
             let writing = &self.writing;
             if let Some(u) = self.picker.pick_endgame(
                 &n.bitfield,
-                |i| writing.contains(&i) || hidden.contains(&i),
+                |i| {
+                    writing.contains(&i)
+                        || hidden.contains(&i)
+                        || !picker::spare_due(holders.get(&i).map_or(&[], Vec::as_slice))
+                },
                 &mut self.rng,
             ) {
                 n.outstanding.push(u);
@@ -1701,6 +1756,41 @@ impl Swarm {
                     .get_or_insert_with(tokio::time::Instant::now);
             }
         }
+    }
+
+    /// Endgame: a holder becomes late while the connections that could ask for a
+    /// spare sit idle, with nothing arriving to wake them; give them the chance.
+    fn offer_spares(&mut self) {
+        if self.opts.strict
+            || self.picker.have().is_complete()
+            || self.picker.unrequested_missing() != 0
+        {
+            return;
+        }
+        let idle: Vec<u32> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.outstanding.is_empty() && !n.peer_choking)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in idle {
+            self.fill_requests(id);
+        }
+    }
+
+    /// The neighbours each outstanding unit is asked of, as the endgame sees them.
+    fn holders(&self) -> HashMap<u32, Vec<Holder>> {
+        let mut out: HashMap<u32, Vec<Holder>> = HashMap::new();
+        for n in self.neighbours.values() {
+            let holder = Holder {
+                waited: n.waiting_since.map_or(Duration::ZERO, |t| t.elapsed()),
+                gap: n.delivery_gap,
+            };
+            for &u in &n.outstanding {
+                out.entry(u).or_default().push(holder);
+            }
+        }
+        out
     }
 
     /// The units of `peer`'s bitfield that belong to pieces we lack some unit of and
