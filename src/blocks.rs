@@ -30,15 +30,18 @@ use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
 
-/// Smallest block [`auto_block_size`] chooses.
-pub const MIN_AUTO_BLOCK: u32 = 64 * 1024;
+/// Smallest block [`auto_block_size`] chooses: reached from 18 downloaders on.
+/// At N = 32 behind 5 mbit, 32 KiB blocks gave 1.243 / 1.255 against 1.310 for
+/// 64 KiB, alternated (bench/RESULTS.md), at about 1.5 x the CPU. Smaller blocks
+/// cost a message per block and neighbour, which is what a peer's CPU goes to.
+pub const MIN_AUTO_BLOCK: u32 = 32 * 1024;
 
 /// What the last block's trip to every other downloader may cost, in bytes of one
 /// downloader's upload: 1 MiB, 0.4 s at 20 mbit.
 const TAIL_BUDGET: u32 = 1 << 20;
 
 /// The block size when `--block-size` is not given: the largest power of two, at
-/// least 64 KiB, with (downloaders - 1) x block within 1 MiB; 0 (whole pieces) when
+/// least [`MIN_AUTO_BLOCK`], with (downloaders - 1) x block within 1 MiB; 0 (whole pieces) when
 /// that is not smaller than a piece. Every peer computes it from the same
 /// PeerInfo.cfg and Common.cfg, so they agree on BLOCKS without being told.
 pub fn auto_block_size(piece_size: u32, downloaders: usize) -> u32 {
@@ -266,7 +269,10 @@ mod tests {
         assert_eq!(auto_block_size(256 * k, 4), 0);
         assert_eq!(auto_block_size(256 * k, 1), 0);
         assert_eq!(auto_block_size(1024 * k, 4), 256 * k);
-        assert_eq!(auto_block_size(1024 * k, 100), 64 * k);
+        assert_eq!(auto_block_size(256 * k, 17), 64 * k);
+        assert_eq!(auto_block_size(256 * k, 18), 32 * k);
+        assert_eq!(auto_block_size(256 * k, 32), 32 * k);
+        assert_eq!(auto_block_size(1024 * k, 100), 32 * k);
         assert_eq!(auto_block_size(64 * k, 16), 0);
         assert_eq!(auto_block_size(16 * k, 6), 0);
     }
