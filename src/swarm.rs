@@ -1443,7 +1443,8 @@ impl Swarm {
         }
         if !was_requested {
             // Requested from someone else after a choke; this copy wins and the
-            // other request is left to arrive as a duplicate.
+            // other request is cancelled where CANCEL was agreed, else left to
+            // arrive as a duplicate.
             tracing::debug!("units {units:?} arrived from {peer} unrequested");
         }
         for u in units.clone() {
@@ -1735,9 +1736,10 @@ impl Swarm {
             n.waiting_since = Some(tokio::time::Instant::now());
         }
         // Endgame (default mode): every missing unit is requested somewhere and this
-        // connection is idle, so ask it for one of them too rather than wait on the
-        // slowest neighbour. One extra copy per idle connection at most; duplicates
-        // are dropped on arrival.
+        // connection is idle, so ask it for one whose holder is late rather than wait
+        // on it (`picker::spare_due`: one spare per unit at most). The first copy to
+        // arrive cancels the other (`cancel_elsewhere`); a copy already on its way is
+        // dropped on arrival.
         // Never from a peer listed with the file: its upload is the swarm's bottleneck.
         if endgame && n.outstanding.is_empty() {
             let writing = &self.writing;
