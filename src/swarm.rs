@@ -192,6 +192,24 @@ struct Neighbour {
     delivery_gap: Option<Duration>,
 }
 
+impl Neighbour {
+    /// Forgets our requests for `units` and sends `cancel-block` for each (the
+    /// caller checked that CANCEL was agreed).
+    fn withdraw(&mut self, layout: &Layout, units: &[u32]) {
+        self.outstanding.retain(|u| !units.contains(u));
+        for &u in units {
+            let (piece, block) = layout.split(u);
+            let _ = self
+                .link
+                .tx
+                .send(Message::CancelBlock { piece, block }.into());
+        }
+        if self.outstanding.is_empty() {
+            self.waiting_since = None;
+        }
+    }
+}
+
 pub struct Swarm {
     me: u32,
     config: Config,
@@ -1358,13 +1376,8 @@ impl Swarm {
             return;
         }
         for &u in &moving {
-            let (piece, block) = self.layout.split(u);
             if let Some(n) = self.neighbours.get_mut(&seeder) {
-                n.outstanding.retain(|&v| v != u);
-                let _ = n.link.tx.send(Message::CancelBlock { piece, block }.into());
-                if n.outstanding.is_empty() {
-                    n.waiting_since = None;
-                }
+                n.withdraw(&self.layout, &[u]);
             }
             tracing::trace!("request {u} moved from {seeder} to {peer}");
             if let Some(r) = self.neighbours.get_mut(&peer) {
@@ -1475,14 +1488,7 @@ impl Swarm {
             if withdrawn.is_empty() {
                 continue;
             }
-            n.outstanding.retain(|u| !units.contains(u));
-            for u in withdrawn {
-                let (piece, block) = self.layout.split(u);
-                let _ = n.link.tx.send(Message::CancelBlock { piece, block }.into());
-            }
-            if n.outstanding.is_empty() {
-                n.waiting_since = None;
-            }
+            n.withdraw(&self.layout, &withdrawn);
             freed.push(id);
         }
         for id in freed {

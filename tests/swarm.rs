@@ -151,6 +151,11 @@ fn write_manifest(swarm: &Swarm) {
 fn traced(mut opts: PeerOpts, block_size: &str) -> PeerOpts {
     opts.extra
         .extend(["--block-size".to_string(), block_size.to_string()]);
+    with_trace(opts)
+}
+
+/// The same tracing, with the block size left to the peers' default.
+fn with_trace(mut opts: PeerOpts) -> PeerOpts {
     opts.env
         .push(("RUST_LOG".into(), "p2pshare::swarm=trace".into()));
     opts
@@ -302,12 +307,7 @@ fn twenty_peers_trade_default_blocks_with_a_bounded_endgame() {
     let blocks = spec.file_size.div_ceil(32 * 1024);
     let swarm = Swarm::create(spec);
     write_manifest(&swarm);
-    let swarm = run_prepared(swarm, |_| {
-        let mut opts = limited(PeerOpts::default());
-        opts.env
-            .push(("RUST_LOG".into(), "p2pshare::swarm=trace".into()));
-        opts
-    });
+    let swarm = run_prepared(swarm, |_| with_trace(limited(PeerOpts::default())));
     let stored = Regex::new(r"stored \[(\d+)\] of piece (\d+)").unwrap();
     let duplicate = Regex::new(r"sent units \d+\.\.\d+, which we already have").unwrap();
     let mut duplicates = 0;
