@@ -158,44 +158,6 @@ run_client() { # client N run
   esac
 }
 
-# sb_py "CODE" ARGS... -- runs CODE with swarm-bench loaded as module `sb`, so its own
-# rate parser, tbf settings and preset commands are used rather than copies of them.
-sb_py() {
-  local code=$1
-  shift
-  $PY - "$SB" "$@" <<PYEOF
-import importlib.machinery, importlib.util, sys
-_l = importlib.machinery.SourceFileLoader("sb", sys.argv[1])
-_s = importlib.util.spec_from_loader("sb", _l)
-sb = importlib.util.module_from_spec(_s)
-_l.exec_module(sb)
-sys.argv = sys.argv[1:]
-$code
-PYEOF
-}
-
-# set_host_rates STATE_JSON "R1 R2 ..." -- replace the downloaders' upload tbf with the
-# given caps (cycled over hosts 1..N; swarm-bench's burst and latency) and record them
-# in the harness's state, which its T_min (Kumar-Ross) reads; the "rate" label becomes
-# e.g. "20mbit[10mbit,40mbit]" so the report keeps such runs apart.
-set_host_rates() {
-  sb_py '
-import json, re
-path, rates = sys.argv[1], re.split(r"[ ,]+", sys.argv[2].strip())
-st = json.load(open(path))
-for h in st["hosts"][1:]:
-    r = rates[(h["i"] - 1) % len(rates)]
-    up = sb.parse_rate(r)
-    burst = sb.default_burst(up)
-    sb.sh(["tc", "-n", h["ns"], "qdisc", "replace", "dev", "eth0", "root"]
-          + sb.tbf_args(up, burst, st["latency_s"]))
-    h["up_bps"], h["burst"] = up, burst
-    print("   host %d: upload %s" % (h["i"], r), file=sys.stderr)
-st["rate"] = "%s[%s]" % (st["rate"], ",".join(rates))
-json.dump(st, open(path, "w"), indent=1)
-' "$@"
-}
-
 FAILS=0
 for n in $NS_LIST; do
   echo "== N=$n: swarm-bench up $n --rate $RATE ${SEED_RATE:+--seed-rate $SEED_RATE} ${DOWN_RATE:+--down-rate $DOWN_RATE}" >&2
