@@ -137,12 +137,6 @@ const UPLOAD_MAX_WAIT: Duration = Duration::from_secs(3);
 /// well before a requester gives up on us (`request_timeout`).
 const SEEDER_MAX_WAIT: Duration = Duration::from_secs(10);
 
-/// Requests beyond the pipeline depth for units that only the announcing downloader
-/// holds (see `request_fresh`): without them a fresh unit waits until one of the
-/// requests already outstanding there has arrived, which is most of a relay's
-/// fan-out time.
-const FRESH_EXTRA: usize = 4;
-
 /// How a swarm run ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -1270,54 +1264,8 @@ impl Swarm {
         }
         self.update_interest(peer);
         self.reroute_from_seeders(peer, &new);
-        self.request_fresh(peer, &new);
         self.fill_requests(peer);
         Ok(())
-    }
-
-    /// `peer`, a downloader, just announced `units`: those no other downloader we
-    /// know holds (it has them from a seeder) are asked of it at once, beyond the
-    /// pipeline depth (at most `FRESH_EXTRA` more). Its upload queue serves the
-    /// rarest first, so they jump the queue there.
-    fn request_fresh(&mut self, peer: u32, units: &[u32]) {
-        if self.opts.strict || self.writing.len() >= self.max_writing() {
-            return;
-        }
-        if self.config.peers.get(peer).is_none_or(|p| p.has_file) {
-            return;
-        }
-        let complete = self
-            .neighbours
-            .values()
-            .filter(|o| o.bitfield.is_complete())
-            .count() as u32;
-        let depth = self.opts.pipeline_depth.max(1) + FRESH_EXTRA;
-        let layout = self.layout;
-        let Some(n) = self.neighbours.get_mut(&peer) else {
-            return;
-        };
-        if !n.blocks || n.peer_choking || !n.extensions.contains(Extensions::PIPELINE) {
-            return;
-        }
-        for &u in units {
-            if n.outstanding.len() >= depth {
-                break;
-            }
-            if self.picker.have().has(u)
-                || self.picker.is_pending(u)
-                || self.writing.contains(&u)
-                || n.bad_pieces.contains(&u)
-                || self.picker.availability(u) > complete + 1
-            {
-                continue;
-            }
-            tracing::trace!("request {u} from {peer} (fresh)");
-            self.picker.mark_pending(u);
-            n.outstanding.push(u);
-            let _ = n.link.tx.send(unit_request(&layout, true, u).into());
-            n.waiting_since
-                .get_or_insert_with(tokio::time::Instant::now);
-        }
     }
 
     /// `peer`, a downloader that unchokes us, just announced `units`: those we are
