@@ -1,18 +1,20 @@
 #!/usr/bin/python3
 """Loopback benchmark (no caps): 1 seeder + P downloaders on 127.0.0.1, p2pshare
-(default and --strict) against aria2 (BitTorrent, opentracker on 127.0.0.1, the same
-aria2 settings as ../shared/swarm-bench's preset).  Run through bench/loopback.sh.
+(default and --strict) against aria2 and libtorrent (BitTorrent, opentracker on
+127.0.0.1, the same settings as ../shared/swarm-bench's presets; libtorrent through
+its lt_peer.py, with several connections per IP allowed, since every peer here is
+127.0.0.1).  Run through bench/loopback.sh.
 
 Per client run:
   wall_s   from starting the downloaders (the seeder is up and listening, and for
            aria2 announced) until the last downloader reported completion: p2pshare's
            event log line "has downloaded the complete file", aria2's
-           --on-bt-download-complete hook.  Every copy's sha256 is checked afterwards
+           --on-bt-download-complete hook, lt_peer.py's "COMPLETE" line.  Every copy's sha256 is checked afterwards
            (not timed); a wrong copy makes the run "corrupt".
   exit_s   p2pshare only: until every p2pshare process (seeder included) exited,
            i.e. the SPEC A5.6 termination.  aria2 seeds forever and is stopped by us.
   cpu_s    user+sys seconds of all processes of the run (getrusage via wait4):
-           seeder + downloaders (+ opentracker for aria2).
+           seeder + downloaders (+ opentracker for the BitTorrent clients).
   rss      peak RSS (ru_maxrss) of each process.
 """
 import argparse
@@ -295,7 +297,12 @@ def run_p2pshare(a, client, rdir, payload, name, size):
     return dict(status=status, done=done_at, exit_s=exit_s, procs=procs, outs=outs, exit_info=exit_info)
 
 
+LT_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "swarm-bench",
+                       "lt_peer.py")
+
+
 def run_aria2(a, client, rdir, payload, name, size):
+    """aria2 or libtorrent (`client`), both through opentracker."""
     n = a.peers
     ports = [a.port_base + 100 + j for j in range(n + 1)]
     tport = a.port_base + 200
@@ -337,29 +344,52 @@ def run_aria2(a, client, rdir, payload, name, size):
             raise RuntimeError(f"opentracker did not start (rc={tr.rc}); see {tr.logpath}")
         time.sleep(0.3)  # the whitelist is loaded by a background thread
 
+        lt = client == "libtorrent"
+        ready = os.path.join(rdir, "seed.ready")
+
         def start(j):
-            argv = ["aria2c", f"--dir={hdirs[j]}", f"--listen-port={ports[j]}"] + ARIA2_COMMON
-            if j == 0:
-                argv += ["--bt-seed-unverified=true", "--check-integrity=false"]
+            if lt:
+                argv = ["/usr/bin/python3", LT_PEER, "--torrent", torrent, "--save", hdirs[j], "--ip", "127.0.0.1",
+                        "--port", str(ports[j]), "--set", "allow_multiple_connections_per_ip=true"]
+                if j == 0:
+                    argv += ["--seed", "--ready-file", ready]
             else:
-                argv += [f"--on-bt-download-complete={hook}"]
-            argv += a.aria2_args.split() + [torrent]
-            return Proc("seed" if j == 0 else f"peer{j}", argv, hdirs[j], os.path.join(logs, f"aria2-{j}.err"))
+                argv = ["aria2c", f"--dir={hdirs[j]}", f"--listen-port={ports[j]}"] + ARIA2_COMMON
+                if j == 0:
+                    argv += ["--bt-seed-unverified=true", "--check-integrity=false"]
+                else:
+                    argv += [f"--on-bt-download-complete={hook}"]
+                argv += a.aria2_args.split() + [torrent]
+            return Proc("seed" if j == 0 else f"peer{j}", argv, hdirs[j], os.path.join(logs, f"{client}-{j}.err"))
 
         seed = start(0)
         procs.append(seed)
         if not wait_port(ports[0], seed, 60):
-            raise RuntimeError(f"aria2 seeder not listening (rc={seed.rc}); see {seed.logpath}")
-        time.sleep(1.0)  # as swarm-bench's preset: let the seeder announce
+            raise RuntimeError(f"{client} seeder not listening (rc={seed.rc}); see {seed.logpath}")
+        if lt:  # seeding after its hash check, and announced (lt_peer.py's ready file)
+            until = time.monotonic() + 120
+            while not os.path.exists(ready) and time.monotonic() < until and not seed.reap():
+                time.sleep(0.1)
+            if not os.path.exists(ready):
+                raise RuntimeError(f"libtorrent seeder never ready (rc={seed.rc}); see {seed.logpath}")
+        else:
+            time.sleep(1.0)  # as swarm-bench's preset: let the seeder announce
         t0 = time.monotonic()
         peers = [start(j) for j in range(1, n + 1)]
         procs += peers
         outs = [os.path.join(hdirs[j], name) for j in range(1, n + 1)]
         done_at = [None] * n
         status, deadline = "ok", t0 + a.timeout
+
+        def complete(j):
+            if not lt:
+                return os.path.exists(outs[j] + ".done")
+            with open(peers[j].logpath, "rb") as f:
+                return b" COMPLETE" in f.read()
+
         while True:
             for j in range(n):
-                if done_at[j] is None and os.path.exists(outs[j] + ".done"):
+                if done_at[j] is None and complete(j):
                     done_at[j] = time.monotonic() - t0
             if all(d is not None for d in done_at):
                 break
@@ -383,7 +413,7 @@ def main():
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--peers", type=int, default=7)
     ap.add_argument("--data-dir", default="/dev/shm")
-    ap.add_argument("--clients", default="p2pshare p2pshare-strict aria2")
+    ap.add_argument("--clients", default="p2pshare p2pshare-strict aria2 libtorrent")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--k", type=int, default=0)
     ap.add_argument("--unchoke", type=int, default=1)
@@ -408,13 +438,13 @@ def main():
     if not a.port_base:
         import random
         a.port_base = random.randrange(20000, 59700, 10)
-    log(f"== ports: p2pshare {a.port_base}+, aria2 {a.port_base + 100}+, tracker {a.port_base + 200}")
+    log(f"== ports: p2pshare {a.port_base}+, aria2/libtorrent {a.port_base + 100}+, tracker {a.port_base + 200}")
     clients = a.clients.split()
     for c in clients:
-        if c not in ("p2pshare", "p2pshare-strict", "aria2"):
+        if c not in ("p2pshare", "p2pshare-strict", "aria2", "libtorrent"):
             raise SystemExit(f"unknown client {c}")
-    if "aria2" in clients and a.piece & (a.piece - 1):
-        raise SystemExit("aria2 needs a power-of-two --piece (torrent piece size)")
+    if {"aria2", "libtorrent"} & set(clients) and a.piece & (a.piece - 1):
+        raise SystemExit("aria2 and libtorrent need a power-of-two --piece (torrent piece size)")
 
     base = os.path.join(a.data_dir, f"p2pshare-loopback-{os.getpid()}")
     os.makedirs(base)
@@ -437,7 +467,8 @@ def main():
                 os.makedirs(rdir)
                 log(f"-- run {r}/{a.runs}: {c}, 1 seeder + {a.peers} downloaders, {fmt_size(a.size)}")
                 try:
-                    res = (run_aria2 if c == "aria2" else run_p2pshare)(a, c, rdir, payload, name, a.size)
+                    bt = c in ("aria2", "libtorrent")
+                    res = (run_aria2 if bt else run_p2pshare)(a, c, rdir, payload, name, a.size)
                 except Exception as e:  # setup failure: record it and go on
                     log(f"   {c}: {e}")
                     res = dict(status=f"error: {e}", done=[None] * a.peers, exit_s=None, procs=[], outs=[],
@@ -455,7 +486,7 @@ def main():
                 procs = res["procs"]
                 row = {
                     "client": c, "run": r, "peers": a.peers, "size": a.size, "piece": a.piece,
-                    "version": a.version if c.startswith("p2pshare") else "aria2",
+                    "version": a.version if c.startswith("p2pshare") else c,
                     "status": res["status"], "wrong_copies": bad,
                     "wall_s": round(max(res["done"]), 3) if all(d is not None for d in res["done"]) else None,
                     "first_s": round(min(d for d in res["done"] if d is not None), 3)
@@ -518,8 +549,9 @@ def report(results, a):
         if w is None:
             print(f"{c:<18} {len(ok):>2}/{len(rows):<2} " + "; ".join(sorted({r['status'] for r in rows})))
             continue
-        seed_rss = statistics.median(r["procs"][0 if c != "aria2" else 1]["rss_mib"] for r in ok)
-        peer_rss = statistics.median(max(p["rss_mib"] for p in r["procs"][(1 if c != "aria2" else 2):]) for r in ok)
+        bt = c in ("aria2", "libtorrent")  # procs[0] is opentracker
+        seed_rss = statistics.median(r["procs"][1 if bt else 0]["rss_mib"] for r in ok)
+        peer_rss = statistics.median(max(p["rss_mib"] for p in r["procs"][(2 if bt else 1):]) for r in ok)
         mbps = a.peers * a.size / w / 1e6
         exited = "-" if ok[0]["exit_info"] is None else \
             f"{sum(r['exited_ok'] for r in ok)}/{sum(len(r['exit_info']) for r in ok)}"
@@ -527,7 +559,7 @@ def report(results, a):
               f"{(f'{ex:.2f}' if ex is not None else '-'):>7} {exited:>7} {mbps:>7.0f} {cpu:>7.1f} "
               f"{cpu / ref_cpu if ref_cpu else float('nan'):>8.3f} {seed_rss:>8.1f} {peer_rss:>12.1f}")
     print()
-    print("peak RSS per process, MiB (last ok run of each client; aria2 row starts with opentracker):")
+    print("peak RSS per process, MiB (last ok run of each client; aria2 and libtorrent rows start with opentracker):")
     for c, rows in by.items():
         ok = [r for r in rows if r["status"] == "ok"] or rows
         r = ok[-1]

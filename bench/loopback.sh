@@ -1,6 +1,6 @@
 #!/bin/bash
 # Loopback benchmark, no caps: 1 seeder + 7 downloaders on 127.0.0.1 with p2pshare
-# (default and --strict) and aria2 (BitTorrent + opentracker), one after the other in
+# (default and --strict), aria2 and libtorrent (BitTorrent + opentracker), one after the other in
 # the same invocation; wall time, CPU seconds, peak RSS.  See bench/README.md.
 set -u
 source "$(dirname "$0")/common.sh"
@@ -11,16 +11,16 @@ usage: bench/loopback.sh [options]
   --size 1GiB          payload size (random bytes); default 1GiB
   --peers P            downloaders; default 7
   --data-dir DIR       where payload and copies live; default /dev/shm (needs (P+2) x size)
-  --clients "..."      any of: p2pshare p2pshare-strict aria2; default all three
+  --clients "..."      any of: p2pshare p2pshare-strict aria2 libtorrent; default all four
   --runs K             rounds, clients interleaved; default 1
   --k K                NumberOfPreferredNeighbors; default P (every neighbour unchoked)
   --unchoke S          UnchokingInterval; default 1
   --optimistic S       OptimisticUnchokingInterval; default 2
-  --piece SIZE         PieceSize = torrent piece size (power of 2 for aria2); default 256KiB
+  --piece SIZE         PieceSize = torrent piece size (power of 2 for aria2, libtorrent); default 256KiB
   --pipeline-depth N   for the p2pshare (non-strict) variant; default: p2pshare's own
   --p2p-args "..."     more peerProcess arguments (both p2pshare variants)
   --aria2-args "..."   more aria2c arguments (all aria2 processes)
-  --port-base P        p2pshare P..P+peers, aria2 P+100.., tracker P+200; default random 20000-59999
+  --port-base P        p2pshare P..P+peers, aria2/libtorrent P+100.., tracker P+200; default random 20000-59999
   --timeout S          per client run; default 600
   --exit-grace S       p2pshare: after the last copy completed, wait this long for every peer to exit
                        (else status "no-exit"); default 30
@@ -49,7 +49,10 @@ while [ $# -gt 0 ]; do
 done
 
 need_root   # opentracker chroots and drops to nobody
-[ -z "$NO_INSTALL" ] && install_pkgs opentracker:opentracker mktorrent:mktorrent aria2c:aria2 ss:iproute2 /usr/bin/time:time
+if [ -z "$NO_INSTALL" ]; then
+  install_pkgs opentracker:opentracker mktorrent:mktorrent aria2c:aria2 ss:iproute2 /usr/bin/time:time
+  $PY -c 'import libtorrent' 2>/dev/null || install_pkgs /nonexistent:python3-libtorrent
+fi
 STAMP=$(date +%Y%m%d-%H%M%S)
 LOGS=/tmp/p2pshare-loopback-$STAMP
 mkdir -p "$LOGS" "$DATA"
