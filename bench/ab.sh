@@ -92,8 +92,7 @@ echo "== results (JSON lines): $JSON" >&2
 for ((r = 1; r <= RUNS; r++)); do
   for v in "${VARIANTS[@]}"; do
     label=${v%%=*}
-    tmpl="exec $BENCH_DIR/p2p_host.sh ${BIN[$label]} {i} {n} {ip} {peers} {port} {name} {size} {dir} {file}"
-    tmpl+=" ${K:-$N} $UNCHOKE $OPTIMISTIC $PIECE_B ${ARGS[$label]}"
+    tmpl=$(p2p_template "${BIN[$label]}" "${K:-$N}" "$UNCHOKE" "$OPTIMISTIC" "$PIECE_B" ${ARGS[$label]})
     "$SB" run --clients custom --label "$label" --port 7000 --seed-ready 'port:{port}' \
       --seed-cmd "$tmpl" --peer-cmd "$tmpl" --size "$SIZE" --json "$JSON" \
       --quiet-wait "$QUIET_WAIT" 2>&1 | grep 'clients='

@@ -66,6 +66,16 @@ parse_bytes() {
   fi
 }
 
+# p2p_template BIN K UNCHOKE OPTIMISTIC PIECE_BYTES [ARGS] -- the swarm-bench command
+# template (seeder and downloaders alike) that runs BIN through p2p_host.sh, whose
+# argument order this is. Only harness placeholders may be in braces (the template goes
+# through str.format).
+p2p_template() {
+  local bin=$1 k=$2 unchoke=$3 optimistic=$4 piece=$5
+  shift 5
+  echo "exec $BENCH_DIR/p2p_host.sh $bin {i} {n} {ip} {peers} {port} {name} {size} {dir} {file} $k $unchoke $optimistic $piece $*"
+}
+
 # The two below need SB (the swarm-bench script) and PY.
 
 # sb_py "CODE" ARGS... -- runs CODE with swarm-bench loaded as module `sb`, so its own

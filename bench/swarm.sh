@@ -136,9 +136,7 @@ run_client() { # client N run
       if [ "$c" = p2pshare-strict ]; then args="--strict $args"
       elif [ -n "$PDEPTH" ]; then args="--pipeline-depth $PDEPTH $args"; fi
       label="$c$TAG"
-      # Only harness placeholders may be in braces (the template goes through str.format).
-      tmpl="exec $BENCH_DIR/p2p_host.sh $P2P_BIN {i} {n} {ip} {peers} {port} {name} {size} {dir} {file}"
-      tmpl+=" $k $UNCHOKE $OPTIMISTIC $PIECE_B $args"
+      tmpl=$(p2p_template "$P2P_BIN" "$k" "$UNCHOKE" "$OPTIMISTIC" "$PIECE_B" $args)
       "$SB" run --clients custom --label "$label" --port "$PORT" --seed-ready 'port:{port}' \
         --seed-cmd "$tmpl" --peer-cmd "$tmpl" "${common_run[@]}"
       ;;
