@@ -10,14 +10,16 @@
 use crate::handshake::{self, Extensions, Handshake};
 use crate::message::{Message, MessageCodec};
 use crate::ratelimit::RateLimiter;
+use crate::storage::Storage;
 use crate::swarm::SwarmEvent;
 use crate::upload::UploadSlot;
 use bytes::BytesMut;
 use futures::StreamExt;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -108,12 +110,34 @@ pub async fn handshake_as_acceptor(
 pub struct Outgoing {
     pub msg: Message,
     pub slot: Option<UploadSlot>,
+    /// The piece's or block's data, to be sent from the file: `msg` then holds none.
+    pub region: Option<FileRegion>,
 }
 
 impl From<Message> for Outgoing {
     fn from(msg: Message) -> Outgoing {
-        Outgoing { msg, slot: None }
+        Outgoing {
+            msg,
+            slot: None,
+            region: None,
+        }
     }
+}
+
+/// `len` bytes of the shared file at `offset`, sent with `sendfile` (see
+/// [`Storage::send_to`]).
+#[derive(Debug)]
+pub struct FileRegion {
+    pub storage: Arc<Storage>,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Why a piece could not be sent: the connection failed (the reader reports it), or
+/// the file could not be read (the whole peer stops, SPEC-INTEGRITY I5).
+enum SendError {
+    Socket,
+    Disk(std::io::Error),
 }
 
 /// Handle the swarm keeps for a live connection.
@@ -171,6 +195,7 @@ pub fn start(stream: TcpStream, peer: u32, extensions: Extensions, initiated: bo
         queued_bytes.clone(),
         w.limiter.clone(),
         w.upload_rate.clone(),
+        w.events.clone(),
     ));
     let link = Link {
         conn,
@@ -307,6 +332,72 @@ async fn write_parts(
     Ok(())
 }
 
+/// Writes `head`, then the region's bytes straight from the file, giving `slot` up
+/// at `deadline` as [`write_parts`] does.
+async fn send_region(
+    wr: &mut OwnedWriteHalf,
+    head: &[u8],
+    region: &FileRegion,
+    slot: &mut Option<UploadSlot>,
+    deadline: tokio::time::Instant,
+) -> Result<(), SendError> {
+    write_parts(wr, [head, &[]], slot, deadline)
+        .await
+        .map_err(|_| SendError::Socket)?;
+    let sock: &TcpStream = wr.as_ref();
+    let fd = sock.as_raw_fd();
+    let len = region.len as usize;
+    let mut sent = 0;
+    while sent < len {
+        let ready = if slot.is_some() {
+            tokio::select! {
+                r = sock.writable() => r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    *slot = None;
+                    continue;
+                }
+            }
+        } else {
+            sock.writable().await
+        };
+        ready.map_err(|_| SendError::Socket)?;
+        let at = region.offset + sent as u64;
+        match sock.try_io(Interest::WRITABLE, || {
+            region.storage.send_to(fd, at, len - sent)
+        }) {
+            Ok(0) => {
+                return Err(SendError::Disk(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("file ends before byte {}", at + 1),
+                )))
+            }
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if socket_error(&e) => return Err(SendError::Socket),
+            Err(e) => return Err(SendError::Disk(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Errors of `sendfile` that come from the socket side (the peer went away), as
+/// opposed to the file's.
+fn socket_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EPIPE
+                | libc::ECONNRESET
+                | libc::ENOTCONN
+                | libc::ETIMEDOUT
+                | libc::ECONNABORTED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+        )
+    )
+}
+
 async fn read_loop(
     rd: OwnedReadHalf,
     peer: u32,
@@ -343,33 +434,51 @@ async fn write_loop(
     queued_bytes: Arc<AtomicU64>,
     limiter: Option<Arc<RateLimiter>>,
     upload_rate: Arc<AtomicU64>,
+    events: mpsc::Sender<SwarmEvent>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         // Batch whatever is queued into as few writes as possible; piece data goes
-        // straight from its `Bytes` to the socket without being copied into `buf`.
-        while let Some(Outgoing { msg, mut slot }) = next.take() {
-            msg.encode_head(&mut buf);
+        // to the socket from the file (`region`) or from its own `Bytes`, never
+        // through `buf`.
+        while let Some(Outgoing {
+            msg,
+            mut slot,
+            region,
+        }) = next.take()
+        {
             if let Some(data) = msg.file_data() {
+                let len = region.as_ref().map_or(data.len(), |r| r.len as usize);
+                msg.encode_head_for(len, &mut buf);
                 if let Some(l) = &limiter {
-                    l.acquire(data.len()).await;
+                    l.acquire(len).await;
                 }
                 let start = tokio::time::Instant::now();
                 let rate = upload_rate.load(Ordering::Relaxed);
-                let deadline = start + slot_hold(data.len(), rate);
+                let deadline = start + slot_hold(len, rate);
                 let timed = slot.is_some();
-                if write_parts(&mut wr, [&buf, data], &mut slot, deadline)
-                    .await
-                    .is_err()
-                {
-                    return;
+                let sent = match &region {
+                    Some(r) => send_region(&mut wr, &buf, r, &mut slot, deadline).await,
+                    None => write_parts(&mut wr, [&buf, data], &mut slot, deadline)
+                        .await
+                        .map_err(|_| SendError::Socket),
+                };
+                match (sent, region) {
+                    (Ok(()), _) => {}
+                    (Err(SendError::Disk(e)), Some(r)) => {
+                        let error = r.storage.read_error(e);
+                        let _ = events.send(SwarmEvent::UploadFailed { error }).await;
+                        return;
+                    }
+                    // The reader sees the connection end and reports it.
+                    (Err(_), _) => return,
                 }
                 if timed && slot.is_some() {
                     // Sent under a slot the whole way: a sample of our link's speed.
                     // The estimate decays so that a link that got slower is noticed.
                     let secs = start.elapsed().as_secs_f64().max(1e-4);
-                    let sample = (data.len() as f64 / secs) as u64;
+                    let sample = (len as f64 / secs) as u64;
                     let decayed = rate - rate / 8;
                     upload_rate.store(sample.max(decayed), Ordering::Relaxed);
                 } else if timed {
@@ -394,7 +503,9 @@ async fn write_loop(
                 );
                 drop(slot);
                 buf.clear();
-                queued_bytes.fetch_sub(data.len() as u64, Ordering::Relaxed);
+                queued_bytes.fetch_sub(len as u64, Ordering::Relaxed);
+            } else {
+                msg.encode_head(&mut buf);
             }
             if buf.len() < 64 * 1024 {
                 next = rx.try_recv().ok();
@@ -410,4 +521,144 @@ async fn write_loop(
     // The swarm dropped its sender: everything queued is written; tell the peer we are
     // done sending but keep reading (the reader half) so nothing it sent is lost.
     let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Common;
+    use bytes::Bytes;
+    use tokio::net::TcpListener;
+
+    fn seed_file(dir: &std::path::Path, len: usize) -> (Arc<Storage>, Vec<u8>) {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        let path = dir.join("f");
+        std::fs::write(&path, &content).unwrap();
+        let common = Common {
+            preferred_neighbors: 1,
+            unchoking_interval: 1,
+            optimistic_unchoking_interval: 1,
+            file_name: "f".into(),
+            file_size: len as u64,
+            piece_size: 256 * 1024,
+        };
+        (
+            Arc::new(Storage::open_seed(&path, &common).unwrap()),
+            content,
+        )
+    }
+
+    /// A writer on one end of a loopback connection; the other end and the swarm's
+    /// inbox are returned.
+    async fn writer() -> (
+        mpsc::UnboundedSender<Outgoing>,
+        TcpStream,
+        mpsc::Receiver<SwarmEvent>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_rd, wr) = ours.unwrap().into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(4);
+        let rate = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_loop(
+            wr,
+            rx,
+            Arc::new(AtomicU64::new(0)),
+            None,
+            rate,
+            events_tx,
+        ));
+        (tx, accepted.unwrap().0, events)
+    }
+
+    #[tokio::test]
+    async fn data_sent_from_the_file_is_on_the_wire_as_if_sent_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, content) = seed_file(dir.path(), 300 * 1024);
+        let (tx, mut theirs, _events) = writer().await;
+        let cvs = Bytes::from(vec![9u8; 4 * 32]);
+        let (offset, len) = (256 * 1024 + 1000, 40 * 1024);
+        let block = |data: Bytes| Message::Block {
+            piece: 1,
+            block: 0,
+            cvs: cvs.clone(),
+            data,
+        };
+        tx.send(Outgoing {
+            msg: block(Bytes::new()),
+            slot: None,
+            region: Some(FileRegion {
+                storage: storage.clone(),
+                offset,
+                len,
+            }),
+        })
+        .unwrap();
+        tx.send(Message::Have(3).into()).unwrap();
+        tx.send(Outgoing {
+            msg: Message::Piece {
+                index: 0,
+                data: Bytes::new(),
+            },
+            slot: None,
+            region: Some(FileRegion {
+                storage,
+                offset: 0,
+                len: 256 * 1024,
+            }),
+        })
+        .unwrap();
+        drop(tx);
+
+        let mut want = BytesMut::new();
+        let data = Bytes::copy_from_slice(&content[offset as usize..][..len as usize]);
+        block(data.clone()).encode_head(&mut want);
+        want.extend_from_slice(&data);
+        Message::Have(3).encode_head(&mut want);
+        let piece = Bytes::copy_from_slice(&content[..256 * 1024]);
+        Message::Piece {
+            index: 0,
+            data: piece.clone(),
+        }
+        .encode_head(&mut want);
+        want.extend_from_slice(&piece);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want[..], "bytes on the wire differ");
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_the_data_to_send_stops_the_peer_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) = seed_file(dir.path(), 100 * 1024);
+        let (tx, _theirs, mut events) = writer().await;
+        tx.send(Outgoing {
+            msg: Message::Piece {
+                index: 0,
+                data: Bytes::new(),
+            },
+            slot: None,
+            // The file was truncated after the peer started.
+            region: Some(FileRegion {
+                storage,
+                offset: 0,
+                len: 256 * 1024,
+            }),
+        })
+        .unwrap();
+        match events.recv().await {
+            Some(SwarmEvent::UploadFailed { error }) => {
+                let e = error.to_string();
+                assert!(e.contains("cannot read file data"), "{e}");
+                assert!(
+                    e.contains(&dir.path().join("f").display().to_string()),
+                    "{e}"
+                );
+            }
+            other => panic!("expected UploadFailed, got {other:?}"),
+        }
+    }
 }

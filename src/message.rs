@@ -109,6 +109,17 @@ impl Message {
         }
     }
 
+    /// [`Message::encode_head`] of a piece or block whose `data_len` bytes of data are
+    /// not in the message (it holds none) but go to the socket straight from the file
+    /// (`sendfile`, see `connection.rs`).
+    pub fn encode_head_for(&self, data_len: usize, dst: &mut BytesMut) {
+        let start = dst.len();
+        self.encode_head(dst);
+        let own = self.file_data().map_or(0, |d| d.len());
+        let len = (self.body_len() - own + data_len) as u32;
+        dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
     /// Writes everything except a piece's data: the length, type and fixed fields.
     /// Callers append `data` themselves so it can go to the socket without a copy.
     pub fn encode_head(&self, dst: &mut BytesMut) {
@@ -537,6 +548,30 @@ mod tests {
             while let Some(m) = codec.decode(&mut buf).unwrap() { out.push(m); }
             prop_assert_eq!(out, msgs);
             prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn a_head_for_data_sent_from_the_file_is_the_head_of_the_message_with_it(
+            m in any_message(),
+        ) {
+            // Any message: the writer sends pieces and blocks with their data taken
+            // out and sent from the file after this head.
+            let mut whole = BytesMut::new();
+            m.encode_head(&mut whole);
+            let data = m.file_data().cloned().unwrap_or_default();
+            whole.extend_from_slice(&data);
+            let hollow = match m.clone() {
+                Message::Piece { index, .. } => Message::Piece { index, data: Bytes::new() },
+                Message::Block { piece, block, cvs, .. } => {
+                    Message::Block { piece, block, cvs, data: Bytes::new() }
+                }
+                other => other,
+            };
+            let mut split = BytesMut::from(&b"queued"[..]);
+            hollow.encode_head_for(data.len(), &mut split);
+            split.extend_from_slice(&data);
+            prop_assert_eq!(&split[..6], b"queued");
+            prop_assert_eq!(&split[6..], &whole[..]);
         }
 
         #[test]

@@ -136,6 +136,40 @@ impl Storage {
         Ok(buf.freeze())
     }
 
+    /// Sends up to `len` bytes of the file from `offset` to the socket `out` with
+    /// `sendfile(2)`: the kernel hands page-cache pages to the socket, so upload data
+    /// never passes through our memory (a `pread` and a `write` copied it twice, after
+    /// zeroing the buffer). Returns the bytes sent, 0 at the end of the file;
+    /// `WouldBlock` when the non-blocking socket is full.
+    #[cfg(target_os = "linux")]
+    pub fn send_to(
+        &self,
+        out: std::os::fd::RawFd,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let mut off = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: both descriptors are open for the call (the file by `self`, the
+        // socket by the caller's borrow), and `off` is a valid, exclusive pointer.
+        let n = unsafe { libc::sendfile(out, self.file.as_raw_fd(), &mut off, len) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// A read of file data that failed, as the error a `pread` would have given.
+    pub fn read_error(&self, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            path: self.path.clone(),
+            what: "cannot read file data",
+            source,
+        }
+    }
+
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
         self.file
             .write_all_at(data, offset)

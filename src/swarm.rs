@@ -17,7 +17,7 @@ use crate::bitfield::Bitfield;
 use crate::blocks::{self, Cv, Layout};
 use crate::choke::{Candidate, Choker, Decision};
 use crate::config::Config;
-use crate::connection::{Link, Outgoing};
+use crate::connection::{FileRegion, Link, Outgoing};
 use crate::eventlog::{Event as Log, EventLog};
 use crate::handshake::Extensions;
 use crate::manifest::Manifest;
@@ -78,11 +78,24 @@ pub enum SwarmEvent {
         /// The upload slot the piece is sent under.
         slot: UploadSlot,
     },
+    /// A connection's writer could not read piece data it was sending from the file.
+    UploadFailed {
+        error: StorageError,
+    },
     /// A connector gave up on an earlier peer.
     ConnectFailed {
         peer: u32,
         reason: String,
     },
+}
+
+/// An upload request taken from the queue, with the slot it is sent under.
+struct Upload {
+    peer: u32,
+    conn: u64,
+    index: u32,
+    block: bool,
+    slot: UploadSlot,
 }
 
 /// Data read for an upload, and the chaining values computed to send it (if any).
@@ -656,42 +669,20 @@ impl Swarm {
                     data = Bytes::from(bad);
                     tracing::warn!("testing: corrupted unit {index} sent to peer {peer}");
                 }
-                let (piece, b) = self.layout.split(index);
+                let (piece, _) = self.layout.split(index);
                 if let Some(c) = computed {
                     self.cache_cvs(piece, c);
                 }
-                let msg = if block {
-                    let cvs = self
-                        .cvs
-                        .get(&piece)
-                        .map(|c| Bytes::from(c.concat()))
-                        .unwrap_or_default();
-                    Message::Block {
-                        piece,
-                        block: b,
-                        cvs,
-                        data,
-                    }
-                } else {
-                    Message::Piece { index: piece, data }
+                let upload = Upload {
+                    peer,
+                    conn,
+                    index,
+                    block,
+                    slot,
                 };
-                let choker = &self.choker;
-                if let Some(n) = self.neighbours.get_mut(&peer) {
-                    if n.link.conn != conn {
-                        return Ok(());
-                    }
-                    n.reading = n.reading.saturating_sub(1);
-                    // A choke sent meanwhile cancels the answer (SPEC A5.4).
-                    if choker.is_unchoked(peer) {
-                        let len = msg.file_data().map_or(0, |d| d.len());
-                        n.link.queued_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                        let _ = n.link.tx.send(Outgoing {
-                            msg,
-                            slot: Some(slot),
-                        });
-                    }
-                }
+                self.send_upload(upload, data, None);
             }
+            SwarmEvent::UploadFailed { error } => return Err(format!("disk error: {error}")),
             SwarmEvent::ConnectFailed { peer, reason } => {
                 if self.neighbours.contains_key(&peer) {
                     return Ok(()); // it connected to us meanwhile
@@ -911,6 +902,25 @@ impl Swarm {
                 && layout.blocks_in(piece) > 1
                 && !self.cvs.contains_key(&piece)
                 && self.done_pieces.has(piece);
+            // Everything else goes from the file to the socket without passing
+            // through our memory (`Storage::send_to`); a piece whose chaining values
+            // must be computed is read anyway, and test corruption needs the bytes.
+            if cfg!(target_os = "linux") && !need_cvs && self.opts.test_corrupt_uploads == 0.0 {
+                let region = FileRegion {
+                    storage,
+                    offset: layout.unit_offset(w.index),
+                    len: bytes as u32,
+                };
+                let upload = Upload {
+                    peer: w.peer,
+                    conn: w.conn,
+                    index: w.index,
+                    block: w.block,
+                    slot,
+                };
+                self.send_upload(upload, Bytes::new(), Some(region));
+                continue;
+            }
             tokio::task::spawn_blocking(move || {
                 let result = if !w.block {
                     storage.read_piece(piece).map(|d| (d, None))
@@ -934,6 +944,46 @@ impl Swarm {
                     slot,
                 });
             });
+        }
+    }
+
+    /// Queues the answer to an upload request on its connection: `data`, or when
+    /// `region` is given, the file's bytes sent from the page cache by the writer.
+    fn send_upload(&mut self, up: Upload, data: Bytes, region: Option<FileRegion>) {
+        let (piece, b) = self.layout.split(up.index);
+        let msg = if up.block {
+            let cvs = self
+                .cvs
+                .get(&piece)
+                .map(|c| Bytes::from(c.concat()))
+                .unwrap_or_default();
+            Message::Block {
+                piece,
+                block: b,
+                cvs,
+                data,
+            }
+        } else {
+            Message::Piece { index: piece, data }
+        };
+        let choker = &self.choker;
+        if let Some(n) = self.neighbours.get_mut(&up.peer) {
+            if n.link.conn != up.conn {
+                return;
+            }
+            n.reading = n.reading.saturating_sub(1);
+            // A choke sent meanwhile cancels the answer (SPEC A5.4).
+            if choker.is_unchoked(up.peer) {
+                let len = region
+                    .as_ref()
+                    .map_or(msg.file_data().map_or(0, |d| d.len()), |r| r.len as usize);
+                n.link.queued_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                let _ = n.link.tx.send(Outgoing {
+                    msg,
+                    slot: Some(up.slot),
+                    region,
+                });
+            }
         }
     }
 
