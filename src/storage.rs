@@ -161,6 +161,17 @@ impl Storage {
         }
     }
 
+    /// Elsewhere uploads are read (see `Swarm::pump_uploads`); this is never called.
+    #[cfg(not(target_os = "linux"))]
+    pub fn send_to(
+        &self,
+        _out: std::os::fd::RawFd,
+        _offset: u64,
+        _len: usize,
+    ) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
     /// A read of file data that failed, as the error a `pread` would have given.
     pub fn read_error(&self, source: std::io::Error) -> StorageError {
         StorageError::Io {
