@@ -548,6 +548,26 @@ mod tests {
         )
     }
 
+    /// `msg` (holding no data) with `len` bytes of the file at `offset` as its data.
+    fn from_file(msg: Message, storage: &Arc<Storage>, offset: u64, len: u32) -> Outgoing {
+        Outgoing {
+            msg,
+            slot: None,
+            region: Some(FileRegion {
+                storage: storage.clone(),
+                offset,
+                len,
+            }),
+        }
+    }
+
+    fn hollow_piece() -> Message {
+        Message::Piece {
+            index: 0,
+            data: Bytes::new(),
+        }
+    }
+
     /// A writer on one end of a loopback connection; the other end and the swarm's
     /// inbox are returned.
     async fn writer() -> (
@@ -586,30 +606,11 @@ mod tests {
             cvs: cvs.clone(),
             data,
         };
-        tx.send(Outgoing {
-            msg: block(Bytes::new()),
-            slot: None,
-            region: Some(FileRegion {
-                storage: storage.clone(),
-                offset,
-                len,
-            }),
-        })
-        .unwrap();
+        tx.send(from_file(block(Bytes::new()), &storage, offset, len))
+            .unwrap();
         tx.send(Message::Have(3).into()).unwrap();
-        tx.send(Outgoing {
-            msg: Message::Piece {
-                index: 0,
-                data: Bytes::new(),
-            },
-            slot: None,
-            region: Some(FileRegion {
-                storage,
-                offset: 0,
-                len: 256 * 1024,
-            }),
-        })
-        .unwrap();
+        tx.send(from_file(hollow_piece(), &storage, 0, 256 * 1024))
+            .unwrap();
         drop(tx);
 
         let mut want = BytesMut::new();
@@ -635,20 +636,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (storage, _) = seed_file(dir.path(), 100 * 1024);
         let (tx, _theirs, mut events) = writer().await;
-        tx.send(Outgoing {
-            msg: Message::Piece {
-                index: 0,
-                data: Bytes::new(),
-            },
-            slot: None,
-            // The file was truncated after the peer started.
-            region: Some(FileRegion {
-                storage,
-                offset: 0,
-                len: 256 * 1024,
-            }),
-        })
-        .unwrap();
+        // The file was truncated after the peer started: 100 KiB of a 256 KiB piece.
+        tx.send(from_file(hollow_piece(), &storage, 0, 256 * 1024))
+            .unwrap();
         match events.recv().await {
             Some(SwarmEvent::UploadFailed { error }) => {
                 let e = error.to_string();

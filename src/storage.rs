@@ -128,11 +128,7 @@ impl Storage {
         let mut buf = BytesMut::zeroed(len as usize);
         self.file
             .read_exact_at(&mut buf, offset)
-            .map_err(|source| StorageError::Io {
-                path: self.path.clone(),
-                what: "cannot read file data",
-                source,
-            })?;
+            .map_err(|source| self.read_error(source))?;
         Ok(buf.freeze())
     }
 
