@@ -111,9 +111,18 @@ fi
 BIN_DIR="$STATE/p2pshare-bin-$STAMP"
 build_p2pshare "$BIN_DIR"
 
-# torrent piece size = PieceSize when it is a power of two (swarm-bench default 2^18)
+# torrent piece size = PieceSize when it is a power of two that mktorrent accepts
+# (2^15 .. 2^28); else the nearest of those, or swarm-bench's default 2^18 when
+# PieceSize is not a power of two. Said on stderr, so a ratio is not read as like
+# for like when it is not.
 PIECE_LOG2=18
-for ((e = 14; e <= 24; e++)); do [ $((1 << e)) -eq "$PIECE_B" ] && PIECE_LOG2=$e; done
+for ((e = 0; e <= 40; e++)); do [ $((1 << e)) -eq "$PIECE_B" ] && PIECE_LOG2=$e; done
+if [ $((1 << PIECE_LOG2)) -ne "$PIECE_B" ]; then
+  echo "note: PieceSize $PIECE_B is not a power of two; torrents use 2^$PIECE_LOG2-byte pieces" >&2
+elif [ "$PIECE_LOG2" -lt 15 ] || [ "$PIECE_LOG2" -gt 28 ]; then
+  PIECE_LOG2=$((PIECE_LOG2 < 15 ? 15 : 28))
+  echo "note: mktorrent takes pieces of 2^15 to 2^28 bytes; torrents use 2^$PIECE_LOG2 (PieceSize $PIECE_B)" >&2
+fi
 
 UP=""
 cleanup() { [ -n "$UP" ] && "$SB" down >&2; UP=""; }
@@ -216,9 +225,14 @@ ns = sorted({r["n"] for r in rows})
 def med(rs, key):
     v = [r[key] for r in rs if r["status"] == "ok"]
     return statistics.median(v) if v else None
-print(f"{'clients':<22} {'N':>3} {'ok':>5} {'median_s':>9} {'ratio_med':>9} {'seed_up':>8} {'vs_aria2':>8} {'cpu_sw':>6} {'noisy':>5}")
+# CPU both as swarm-bench gives it (cores: a rate, higher for a client that moves the
+# same bytes in less time) and as work done (core-seconds over the run: cores x time).
+for r in rows:
+    r["cpu_s"] = (r.get("cpu_swarm_cores") or 0) * r["measured_s"]
+print(f"{'clients':<22} {'N':>3} {'ok':>5} {'median_s':>9} {'ratio_med':>9} {'seed_up':>8} {'vs_aria2':>8} {'cpu_sw':>6} {'cpu_s':>6} {'vs_aria2':>8} {'noisy':>5}")
 for n in ns:
     base = med(groups.get((n, "aria2"), []), "measured_s")
+    base_cpu = med(groups.get((n, "aria2"), []), "cpu_s")
     for c in clients:
         rs = groups.get((n, c))
         if not rs:
@@ -229,9 +243,11 @@ for n in ns:
             print(f"{c:<22} {n:>3} {len(ok):>2}/{len(rs):<2} failed: " + ",".join(sorted({r['status'] for r in rs})))
             continue
         vs = f"{m / base:.3f}" if base else "-"
+        cpu = med(rs, "cpu_s")
+        vs_cpu = f"{cpu / base_cpu:.3f}" if base_cpu else "-"
         noisy = sum(1 for r in ok if (r.get("cpu_other_cores") or 0) > 0.25)
         print(f"{c:<22} {n:>3} {len(ok):>2}/{len(rs):<2} {m:>9.2f} {med(rs, 'ratio'):>9.3f} "
-              f"{med(rs, 'seed_tx_copies'):>7.2f}F {vs:>8} {med(rs, 'cpu_swarm_cores'):>6.2f} {noisy:>5}")
+              f"{med(rs, 'seed_tx_copies'):>7.2f}F {vs:>8} {med(rs, 'cpu_swarm_cores'):>6.2f} {cpu:>6.1f} {vs_cpu:>8} {noisy:>5}")
 print()
 w = max(16, *(len(c) + 2 for c in clients))
 print(f"{'N':>3} " + " ".join(f"{c:>{w}}" for c in clients) + "   (median ratio, seed_up)")
