@@ -17,6 +17,8 @@ usage: bench/ab.sh [options] LABEL=REV[:PEER ARGS] LABEL=REV[:PEER ARGS] ...
   --rate 20mbit         upload cap of every host (default 20mbit)
   --host-rates "R ..."  downloaders' upload caps, cycled over hosts 1..N (as in swarm.sh)
   --k K --unchoke S --optimistic S --piece SIZE   as in swarm.sh (defaults N, 1, 2, 256KiB)
+  --seeders K           hosts 0..K-1 start with the file (default 1; the ratio printed
+                        is swarm-bench's one-seeder ratio, compare measured times)
   --quiet-wait S        swarm-bench --quiet-wait (default 20)
   --json FILE           JSON lines (default /dev/shm/swarm-bench/ab-<stamp>.jsonl)
 example:
@@ -25,7 +27,7 @@ EOF
 }
 
 N=16 RUNS=3 SIZE=64MiB RATE=20mbit HOST_RATES="" K="" UNCHOKE=1 OPTIMISTIC=2 PIECE=256KiB
-QUIET_WAIT=20 JSON="" VARIANTS=()
+QUIET_WAIT=20 JSON="" VARIANTS=() SEEDERS=1
 while [ $# -gt 0 ]; do
   case $1 in
     --n) N=$2; shift ;;
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --unchoke) UNCHOKE=$2; shift ;;
     --optimistic) OPTIMISTIC=$2; shift ;;
     --piece) PIECE=$2; shift ;;
+    --seeders) SEEDERS=$2; shift ;;
     --quiet-wait) QUIET_WAIT=$2; shift ;;
     --json) JSON=$2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -54,7 +57,10 @@ SB="$SB_DIR/swarm-bench"
 STATE=${SWARM_BENCH_DIR:-/dev/shm/swarm-bench}
 STAMP=$(date +%Y%m%d-%H%M%S)
 JSON=${JSON:-$STATE/ab-$STAMP.jsonl}
-export P2P_SEEDERS=1
+[[ $SEEDERS =~ ^[1-9][0-9]*$ ]] && [ "$SEEDERS" -le "$N" ] || { echo "--seeders: 1 to N, not $SEEDERS" >&2; exit 64; }
+# Hosts 0 .. SEEDERS-1 start with the file (see p2p_host.sh). swarm-bench's ratio
+# assumes one seeder: with more, compare the measured times.
+export P2P_SEEDERS=$SEEDERS
 
 if ip netns list 2>/dev/null | grep -Eq '^(sbbr|sb[0-9]+)( |$)'; then
   echo "a swarm-bench testbed exists already (someone else's run?); stop it first" >&2
