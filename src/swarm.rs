@@ -240,6 +240,8 @@ pub struct Swarm {
     sent: Bitfield,
     /// We started with the file and PeerInfo.cfg lists other peers that did.
     seeder_among_seeders: bool,
+    /// PeerInfo.cfg lists exactly one peer with the file.
+    lone_seeder: bool,
     /// A seeder's (default mode): per neighbour, the units we sent it first and that
     /// not every neighbour holds yet, i.e. what it still has to relay (see
     /// `pump_uploads`).
@@ -301,6 +303,7 @@ impl Swarm {
         let seeding = complete_at_start && !opts.strict;
         let seeder_among_seeders = config.peers.get(me).is_some_and(|p| p.has_file)
             && config.peers.peers.iter().any(|p| p.has_file && p.id != me);
+        let lone_seeder = config.peers.peers.iter().filter(|p| p.has_file).count() == 1;
         // `have` is per piece; the picker counts units.
         let mut units = Bitfield::new(layout.units());
         for p in have.iter_set() {
@@ -366,6 +369,7 @@ impl Swarm {
             writing: HashSet::new(),
             sent: Bitfield::new(layout.units()),
             seeder_among_seeders,
+            lone_seeder,
             fanout: seeding.then(HashMap::new),
             choker: Choker::default(),
             events_tx,
@@ -1731,11 +1735,16 @@ impl Swarm {
         }
         let theirs = masked.as_ref().unwrap_or(&n.bitfield);
         let depth = if n.extensions.contains(Extensions::PIPELINE) {
-            // Twice as deep towards a seeder: only our own share is asked of it, so
-            // depth costs no duplicates there, and at the end of a run its flow to us
-            // must fill its whole upload alone. `pipeline_depth` counts units; whole
-            // pieces are asked for as many bytes' worth.
-            let units = self.opts.pipeline_depth.max(1) * if seeder { 2 } else { 1 };
+            // Twice as deep towards a lone seeder: only our own share is asked of it,
+            // so depth costs no duplicates there, and at the end of a run its flow to
+            // us must fill its whole upload alone. Not when several are listed: each
+            // then holds our requests from every downloader at twice the depth, and
+            // the last ones waited 1-2 s in those queues (3 seeders + 14, alternated
+            // with bench/ab.sh: 24.79 s three times against 25.27-25.92 s; 2 + 7 with
+            // 1 MiB pieces: 22.94-23.26 s against 23.75-23.76 s). `pipeline_depth`
+            // counts units; whole pieces are asked for as many bytes' worth.
+            let doubled = seeder && self.lone_seeder;
+            let units = self.opts.pipeline_depth.max(1) * if doubled { 2 } else { 1 };
             if whole {
                 (units / layout.units_of(0).len()).max(1)
             } else {
