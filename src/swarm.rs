@@ -243,10 +243,10 @@ pub struct Swarm {
     /// Units we have started uploading at least once (upload order, see
     /// `pump_uploads`).
     sent: Bitfield,
+    /// The seeder, when PeerInfo.cfg lists exactly one peer with the file.
+    lone_seeder: Option<u32>,
     /// We started with the file and PeerInfo.cfg lists other peers that did.
     seeder_among_seeders: bool,
-    /// PeerInfo.cfg lists exactly one peer with the file.
-    lone_seeder: bool,
     /// A seeder's (default mode): per neighbour, the units we sent it first and that
     /// not every neighbour holds yet, i.e. what it still has to relay (see
     /// `pump_uploads`).
@@ -306,9 +306,15 @@ impl Swarm {
         };
         let complete_at_start = have.is_complete();
         let seeding = complete_at_start && !opts.strict;
-        let seeder_among_seeders = config.peers.get(me).is_some_and(|p| p.has_file)
-            && config.peers.peers.iter().any(|p| p.has_file && p.id != me);
-        let lone_seeder = config.peers.peers.iter().filter(|p| p.has_file).count() == 1;
+        let lone_seeder = {
+            let mut listed = config.peers.peers.iter().filter(|p| p.has_file);
+            match (listed.next(), listed.next()) {
+                (Some(p), None) => Some(p.id),
+                _ => None,
+            }
+        };
+        let seeder_among_seeders =
+            config.peers.get(me).is_some_and(|p| p.has_file) && lone_seeder.is_none();
         // `have` is per piece; the picker counts units.
         let mut units = Bitfield::new(layout.units());
         for p in have.iter_set() {
@@ -373,8 +379,8 @@ impl Swarm {
             known_complete,
             writing: HashSet::new(),
             sent: Bitfield::new(layout.units()),
-            seeder_among_seeders,
             lone_seeder,
+            seeder_among_seeders,
             fanout: seeding.then(HashMap::new),
             choker: Choker::default(),
             events_tx,
@@ -864,7 +870,7 @@ impl Swarm {
             // Not for a seeder listed with other seeders: their uploads together
             // exceed one copy's pace, our sends are not the swarm's only source, and
             // a repeat request kept waiting until we had nothing new left was what
-            // the last downloaders waited for (3 seeders + 13 at 20 mbit, alternated
+            // the last downloaders waited for (3 seeders + 14 at 20 mbit, alternated
             // with bench/ab.sh: 25.27-25.66 s against 25.58-25.80 s; 2 + 7 a tie).
             let (picker, sent) = (&self.picker, &self.sent);
             let load = |peer: u32| loads.get(&peer).copied().unwrap_or(0);
@@ -1370,11 +1376,9 @@ impl Swarm {
         // seeders have upload to spare and the relays are the bottleneck: moving
         // requests onto relays made N = 8 with 2 seeders slower (1.163 against 1.123
         // of the bound, bench/RESULTS.md).
-        let mut listed = self.config.peers.peers.iter().filter(|p| p.has_file);
-        let (Some(seeder), None) = (listed.next(), listed.next()) else {
+        let Some(seeder) = self.lone_seeder else {
             return;
         };
-        let seeder = seeder.id;
         if self.opts.strict || seeder == peer {
             return;
         }
@@ -1422,7 +1426,6 @@ impl Swarm {
             (n.blocks || (whole && n.extensions.contains(Extensions::PIPELINE)))
                 && !n.peer_choking
                 && n.last_interval_bytes >= fair
-                && !moving.iter().any(|u| n.outstanding.contains(u))
         });
         if !relay {
             return;
@@ -1765,7 +1768,7 @@ impl Swarm {
             // with bench/ab.sh: 24.79 s three times against 25.27-25.92 s; 2 + 7 with
             // 1 MiB pieces: 22.94-23.26 s against 23.75-23.76 s). `pipeline_depth`
             // counts units; whole pieces are asked for as many bytes' worth.
-            let doubled = seeder && self.lone_seeder;
+            let doubled = seeder && self.lone_seeder.is_some();
             let units = self.opts.pipeline_depth.max(1) * if doubled { 2 } else { 1 };
             if whole {
                 (units / layout.units_of(0).len()).max(1)
