@@ -112,7 +112,7 @@ fn six_peers_one_upload_slot_each() {
 
 /// Strict and default peers alternate (so some connections negotiate pipelining and
 /// some are plain); the two binaries and `--dir` alternate too; IDs are not
-/// consecutive.
+/// consecutive; the runtime is one thread (the default), two, or one per core.
 #[test]
 fn six_peers_two_seeders_mixed_strict_and_default() {
     let spec = SwarmSpec {
@@ -121,10 +121,16 @@ fn six_peers_two_seeders_mixed_strict_and_default() {
         ..six_peer_spec(vec![0, 5])
     };
     run_swarm(spec, |i| {
+        let threads = match i % 3 {
+            0 => vec![],
+            1 => vec!["--threads".to_string(), "2".to_string()],
+            _ => vec!["--threads".to_string(), "0".to_string()],
+        };
         limited(PeerOpts {
             strict: i % 2 == 1,
             via_p2pshare: i % 3 == 2,
             dir_flag: i % 2 == 0,
+            extra: threads,
             ..PeerOpts::default()
         })
     });
