@@ -20,7 +20,8 @@ usage: bench/loopback.sh [options]
   --pipeline-depth N   for the p2pshare (non-strict) variant; default: p2pshare's own
   --p2p-args "..."     more peerProcess arguments (both p2pshare variants)
   --aria2-args "..."   more aria2c arguments (all aria2 processes)
-  --port-base P        p2pshare P..P+peers, aria2/libtorrent P+100.., tracker P+200; default random 20000-59999
+  --port-base P        p2pshare P..P+peers, aria2/libtorrent P+100.., tracker P+200; default random from 10000, below the
+                       kernel's ephemeral ports (ip_local_port_range)
   --timeout S          per client run; default 600
   --exit-grace S       p2pshare: after the last copy completed, wait this long for every peer to exit
                        (else status "no-exit"); default 30
