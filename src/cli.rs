@@ -106,12 +106,13 @@ pub struct PeerArgs {
     /// Threads running the connections and the swarm (disk work and hashing have
     /// their own pool): 1 runs them all on one thread, 0 one per core. One is the
     /// default because handing every message between threads costs more than it
-    /// gains when several peers share the cores, as in the benchmarks: 0.85 of the
+    /// gains when several peers share the cores, as in the benchmarks: 0.9 of the
     /// CPU and 0.83 of the time on loopback (1 GiB, 1 + 7 on 2 cores). A peer alone
     /// on a many-core host relaying well over 1 GB/s may want more (1 + 1 on
     /// loopback: 1.03 s with one thread, 0.88 s with two; see bench/RESULTS.md).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub threads: usize,
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub threads: u16,
 }
 
 impl PeerArgs {
@@ -160,7 +161,7 @@ pub fn run_peer(args: &PeerArgs) -> std::process::ExitCode {
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         if args.threads > 1 {
-            b.worker_threads(args.threads);
+            b.worker_threads(usize::from(args.threads));
         }
         b
     };

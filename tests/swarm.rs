@@ -660,6 +660,27 @@ fn listening_port_in_use_is_refused() {
     );
 }
 
+/// A thread count the runtime could not start is refused by name, not tried.
+#[test]
+fn absurd_thread_count_is_refused() {
+    let swarm = small_swarm();
+    let p = &swarm.peers[1];
+    let mut cmd = Command::new(PEER_EXE);
+    cmd.args([&p.id.to_string(), "--threads", "100000"])
+        .current_dir(swarm.path());
+    let ran = run_with_deadline(cmd, STARTUP_FAILURE_DEADLINE);
+    let (status, err) = (ran.exited(), ran.stderr);
+    assert!(
+        !status.success(),
+        "--threads 100000 accepted; stderr:\n{err}"
+    );
+    assert!(
+        err.contains("--threads"),
+        "stderr should name --threads:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+}
+
 // ---------------------------------------------------------------------------------
 // p2pshare local
 
