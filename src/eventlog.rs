@@ -59,7 +59,13 @@ impl Event {
 
 /// Local wall-clock time as `YYYY-MM-DD HH:MM:SS`.
 pub fn now() -> String {
-    chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
+    stamp(chrono::Utc::now())
+}
+
+fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }
 
 /// The appending log file of one peer.
@@ -67,13 +73,32 @@ pub struct EventLog {
     me: u32,
     path: PathBuf,
     file: File,
+    /// The last time stamp and its second: a busy peer logs hundreds of lines a
+    /// second (one per `have` received), and formatting the local time for each was
+    /// a few per cent of its CPU with 16 KiB pieces (bench/RESULTS.md).
+    stamp: (i64, String),
 }
 
 impl EventLog {
     pub fn open(dir: &Path, me: u32) -> std::io::Result<EventLog> {
         let path = dir.join(format!("log_peer_{me}.log"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(EventLog { me, path, file })
+        Ok(EventLog {
+            me,
+            path,
+            file,
+            stamp: (i64::MIN, String::new()),
+        })
+    }
+
+    /// The time stamp for `t`, formatted once per second. Key and text come from the
+    /// same instant, so a stamp is never ahead of the second it stands for.
+    fn stamp_for(&mut self, t: chrono::DateTime<chrono::Utc>) -> &str {
+        let second = t.timestamp();
+        if self.stamp.0 != second {
+            self.stamp = (second, stamp(t));
+        }
+        &self.stamp.1
     }
 
     pub fn path(&self) -> &Path {
@@ -83,7 +108,8 @@ impl EventLog {
     /// Appends one line. A failing log write is reported on stderr but never stops
     /// the transfer: the file matters more than its log.
     pub fn write(&mut self, event: &Event) {
-        let mut line = event.render(&now(), self.me);
+        let me = self.me;
+        let mut line = event.render(self.stamp_for(chrono::Utc::now()), me);
         line.push('\n');
         if let Err(e) = self.file.write_all(line.as_bytes()) {
             tracing::error!("cannot write {}: {e}", self.path.display());
@@ -155,5 +181,22 @@ mod tests {
         assert!(lines[0].ends_with(": Peer 9 has downloaded the complete file."));
         assert!(lines[1].ends_with(": Peer 9 is choked by 1."));
         assert_eq!(now().len(), 19);
+    }
+
+    #[test]
+    fn time_stamps_follow_the_clock_second_by_second() {
+        use chrono::TimeZone;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(dir.path(), 1).unwrap();
+        let t = chrono::Utc.with_ymd_and_hms(2026, 12, 7, 20, 0, 5).unwrap();
+        let a = log.stamp_for(t).to_string();
+        assert_eq!(a, stamp(t));
+        let later_same_second = t + chrono::Duration::milliseconds(999);
+        assert_eq!(log.stamp_for(later_same_second), a);
+        let next = t + chrono::Duration::seconds(1);
+        assert_eq!(log.stamp_for(next), stamp(next));
+        assert_ne!(log.stamp_for(next), a);
+        // The clock may step back; the stamp follows it.
+        assert_eq!(log.stamp_for(t), a);
     }
 }
