@@ -220,6 +220,17 @@ def wait_port(port, proc, timeout):
     return False
 
 
+def drop_page_cache():
+    """Writes dirty pages out and drops clean ones (root only), so the seeder's file is
+    read from the disk during the run, not from memory."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+    except OSError as e:
+        raise RuntimeError(f"--cold: cannot drop the page cache ({e}); run as root") from e
+
+
 def run_p2pshare(a, client, rdir, payload, name, size):
     strict = client.startswith("p2pshare-strict")
     n = a.peers
@@ -254,6 +265,8 @@ def run_p2pshare(a, client, rdir, payload, name, size):
         return Proc(f"{1000 + j}", [a.bin, str(1000 + j), "--dir", rdir] + args, rdir,
                     os.path.join(logs, f"peer_{1000 + j}.err"), env)
 
+    if a.cold:
+        drop_page_cache()
     seed = start(0)
     procs = [seed]
     try:
@@ -426,6 +439,10 @@ def main():
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--exit-grace", type=float, default=30.0,
                     help="p2pshare: seconds after the last copy completed for every peer to exit")
+    ap.add_argument("--cold", action="store_true",
+                    help="p2pshare: drop the page cache just before the seeder starts (root; "
+                         "with --no-manifest and --data-dir on a disk the seeder then reads "
+                         "its file from the disk during the run)")
     ap.add_argument("--no-manifest", action="store_true",
                     help="p2pshare: run without a manifest (no piece verification)")
     ap.add_argument("--poll", type=float, default=0.05)
