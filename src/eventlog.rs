@@ -57,11 +57,7 @@ impl Event {
     }
 }
 
-/// Local wall-clock time as `YYYY-MM-DD HH:MM:SS`.
-pub fn now() -> String {
-    stamp(chrono::Utc::now())
-}
-
+/// Local wall-clock time of `t` as `YYYY-MM-DD HH:MM:SS`.
 fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.with_timezone(&chrono::Local)
         .format("%Y-%m-%d %H:%M:%S")
@@ -180,7 +176,13 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].ends_with(": Peer 9 has downloaded the complete file."));
         assert!(lines[1].ends_with(": Peer 9 is choked by 1."));
-        assert_eq!(now().len(), 19);
+        assert_eq!(stamp(chrono::Utc::now()).len(), 19);
+        let stamped = &lines[1][..19];
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(stamped, "%Y-%m-%d %H:%M:%S").is_ok(),
+            "line does not start with a local time stamp: {}",
+            lines[1]
+        );
     }
 
     #[test]
