@@ -31,8 +31,8 @@ pub struct PeerArgs {
 
     /// Outstanding requests per connection with peers that negotiated pipelining
     /// (ignored with --strict and towards plain peers, which get exactly one)
-    /// [default: enough pieces for 256 KiB in flight, 1 to 64; twice that towards
-    /// peers listed with the file].
+    /// [default: about a second of what that neighbour sent us lately, at least 2
+    /// and at most 256 KiB's worth (1 to 64); twice that towards a lone seeder].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub pipeline_depth: Option<u16>,
 

@@ -2,8 +2,8 @@
 //! `peerProcess` protocol (see `SPEC.md`).
 //!
 //! Pure protocol logic (no sockets, no clocks): [`config`], [`bitfield`],
-//! [`handshake`], [`message`], [`choke`], [`picker`], [`upload`] order, [`eventlog`]
-//! formatting.
+//! [`handshake`], [`message`], [`choke`], [`picker`], [`pipeline`] depth, [`upload`]
+//! order, [`eventlog`] formatting.
 //! I/O at the edges: [`storage`] (the file), [`connection`] (one TCP link),
 //! [`swarm`] (the actor owning a peer's state), [`peer`] (one process start to
 //! exit), [`local`] (a whole swarm on one machine), [`cli`].
@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod message;
 pub mod peer;
 pub mod picker;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod storage;
 pub mod swarm;

@@ -116,8 +116,12 @@ pub const MAX_CORRUPT: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct SwarmOptions {
     pub strict: bool,
-    /// Outstanding requests per connection when both sides negotiated PIPELINE.
+    /// Outstanding requests per connection when both sides negotiated PIPELINE:
+    /// this many, or at most this many when `adaptive_depth`.
     pub pipeline_depth: usize,
+    /// Keep about a second of what each neighbour sends us asked of it
+    /// ([`crate::pipeline::depth`]) instead of `pipeline_depth` everywhere.
+    pub adaptive_depth: bool,
     /// Most piece bytes we queue for one neighbour before ignoring its requests.
     pub max_queued_bytes: u64,
     pub seed: u64,
@@ -1769,7 +1773,17 @@ impl Swarm {
             // 1 MiB pieces: 22.94-23.26 s against 23.75-23.76 s). `pipeline_depth`
             // counts units; whole pieces are asked for as many bytes' worth.
             let doubled = seeder && self.lone_seeder.is_some();
-            let units = self.opts.pipeline_depth.max(1) * if doubled { 2 } else { 1 };
+            let per = if self.opts.adaptive_depth {
+                let rate = n.last_interval_bytes / self.config.common.unchoking_interval.max(1);
+                crate::pipeline::depth(
+                    self.opts.pipeline_depth,
+                    rate,
+                    u64::from(layout.block_size()),
+                )
+            } else {
+                self.opts.pipeline_depth.max(1)
+            };
+            let units = per * if doubled { 2 } else { 1 };
             if whole {
                 (units / layout.units_of(0).len()).max(1)
             } else {

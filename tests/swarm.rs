@@ -112,7 +112,9 @@ fn six_peers_one_upload_slot_each() {
 
 /// Strict and default peers alternate (so some connections negotiate pipelining and
 /// some are plain); the two binaries and `--dir` alternate too; IDs are not
-/// consecutive; the runtime is one thread (the default), two, or one per core.
+/// consecutive; the runtime is one thread (the default), two, or one per core; one
+/// default peer keeps a fixed pipeline depth instead of following its neighbours'
+/// rates.
 #[test]
 fn six_peers_two_seeders_mixed_strict_and_default() {
     let spec = SwarmSpec {
@@ -121,16 +123,19 @@ fn six_peers_two_seeders_mixed_strict_and_default() {
         ..six_peer_spec(vec![0, 5])
     };
     run_swarm(spec, |i| {
-        let threads = match i % 3 {
+        let mut extra = match i % 3 {
             0 => vec![],
             1 => vec!["--threads".to_string(), "2".to_string()],
             _ => vec!["--threads".to_string(), "0".to_string()],
         };
+        if i == 4 {
+            extra.extend(["--pipeline-depth".to_string(), "5".to_string()]);
+        }
         limited(PeerOpts {
             strict: i % 2 == 1,
             via_p2pshare: i % 3 == 2,
             dir_flag: i % 2 == 0,
-            extra: threads,
+            extra,
             ..PeerOpts::default()
         })
     });
