@@ -82,6 +82,26 @@ fn six_peers_two_seeders_default_mode() {
     run_swarm(spec, |_| limited(PeerOpts::default()));
 }
 
+/// k + 1 covers the 5 other peers (4 preferred and the optimistic one), so the
+/// default mode's pipeline depth follows each neighbour's rate (`pipeline::depth`);
+/// one peer keeps a fixed depth instead. Both kinds of connection must deliver every
+/// block, and choking still changes (the optimistic slot rotates).
+#[test]
+fn six_peers_every_neighbour_unchoked_rate_following_depth() {
+    let spec = SwarmSpec {
+        k: 4,
+        ..six_peer_spec(vec![0])
+    };
+    run_swarm(spec, |i| {
+        let mut opts = limited(PeerOpts::default());
+        if i == 4 {
+            opts.extra
+                .extend(["--pipeline-depth".to_string(), "5".to_string()]);
+        }
+        opts
+    });
+}
+
 #[test]
 fn six_peers_two_seeders_strict_mode() {
     let spec = SwarmSpec {
@@ -112,9 +132,7 @@ fn six_peers_one_upload_slot_each() {
 
 /// Strict and default peers alternate (so some connections negotiate pipelining and
 /// some are plain); the two binaries and `--dir` alternate too; IDs are not
-/// consecutive; the runtime is one thread (the default), two, or one per core; one
-/// default peer keeps a fixed pipeline depth instead of following its neighbours'
-/// rates.
+/// consecutive; the runtime is one thread (the default), two, or one per core.
 #[test]
 fn six_peers_two_seeders_mixed_strict_and_default() {
     let spec = SwarmSpec {
@@ -123,19 +141,16 @@ fn six_peers_two_seeders_mixed_strict_and_default() {
         ..six_peer_spec(vec![0, 5])
     };
     run_swarm(spec, |i| {
-        let mut extra = match i % 3 {
+        let threads = match i % 3 {
             0 => vec![],
             1 => vec!["--threads".to_string(), "2".to_string()],
             _ => vec!["--threads".to_string(), "0".to_string()],
         };
-        if i == 4 {
-            extra.extend(["--pipeline-depth".to_string(), "5".to_string()]);
-        }
         limited(PeerOpts {
             strict: i % 2 == 1,
             via_p2pshare: i % 3 == 2,
             dir_flag: i % 2 == 0,
-            extra,
+            extra: threads,
             ..PeerOpts::default()
         })
     });
