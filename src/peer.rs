@@ -284,9 +284,9 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     // once (k + 1 >= the other peers, the cluster setting): below it the depth
     // follows what each neighbour sends us (`pipeline::depth`), so that large swarms
     // and slow links do not queue many seconds of requests at every uplink. With
-    // fewer unchoke slots a holder serves k + 1 requesters, each newly unchoked, and
-    // the fixed depth is what keeps its queue full: the rate rule measured 1.21-1.40
-    // against 1.16-1.18 at 4 of 16 (bench/RESULTS.md).
+    // fewer unchoke slots a holder serves k + 1 requesters, often newly unchoked and
+    // not yet measured, and the fixed depth is what keeps its queue full: the rate rule measured 1.15-1.40
+    // (median 1.205) against 1.155-1.178 at 4 of 16 (bench/RESULTS.md).
     let everyone_unchoked =
         common.preferred_neighbors.saturating_add(1) >= config.peers.peers.len().saturating_sub(1);
     let depth = opts

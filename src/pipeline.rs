@@ -18,7 +18,8 @@
 //! and 20 mbit downloaders), so 2 is the floor. This rule against the fixed depth:
 //! N = 16 1.123-1.133 against 1.134-1.148 (4 rounds), N = 32 1.182 / 1.193 against
 //! 1.212 / 1.238. At N <= 8 the ceiling is 2 blocks or 1 piece already, so nothing
-//! changes there.
+//! changes there. The peer uses it only when every neighbour can be unchoked at
+//! once (k + 1 >= the other peers, see `peer::run`): at 4 preferred of 16 it lost.
 
 /// How much of a neighbour's recent sending we keep asked of it.
 pub const HORIZON_SECS: f64 = 1.0;
