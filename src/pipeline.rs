@@ -24,9 +24,10 @@
 /// How much of a neighbour's recent sending we keep asked of it.
 pub const HORIZON_SECS: f64 = 1.0;
 
-/// Fewest requests kept at a neighbour (when the cap allows): one alone left a
-/// holder's queue empty while our next request was on its way, and at N = 8 it cost
-/// 0.03 of the bound with equal caps and 0.07-0.16 with 5 and 20 mbit downloaders.
+/// Fewest requests kept at a neighbour (when the cap allows). One alone cost 0.03
+/// of the bound at N = 8 with equal caps and 0.07-0.16 with 5 and 20 mbit
+/// downloaders, with more duplicates from the seeder: our reading is that a holder's
+/// queue then runs dry while the next request is on its way.
 pub const FLOOR: usize = 2;
 
 /// Requests to keep outstanding at a neighbour that sent us `bytes_per_sec` over the
