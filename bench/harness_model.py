@@ -10,6 +10,11 @@ for given true completion times (e.g. the "complete by the downloaders' own logs
 line of `trace_timeline.py`) in three orders over hosts: random (median over many
 shuffles and poll phases), ascending (host 1 first), descending.
 
+It also prints the floor no order or spread can beat: every copy but the last-dated
+one is hashed before that one's date, and no hash starts before the first copy is
+complete, so the last date is at least first completion + (N - 1) x hash. With
+`--t-min` it turns that into the latest first completion a target ratio allows.
+
     bench/harness_model.py 28.63 28.74 28.75 ... [--hash 0.053] [--poll 0.2]
 
 Measure --hash on the machine: `python3 -c 'import hashlib,time; d=bytes(64<<20);
@@ -42,6 +47,8 @@ def main():
     ap.add_argument("--hash", type=float, default=0.053, help="seconds to hash one copy")
     ap.add_argument("--poll", type=float, default=0.2, help="swarm-bench --poll")
     ap.add_argument("--trials", type=int, default=300)
+    ap.add_argument("--t-min", type=float, help="Kumar-Ross bound, s (prints what a ratio needs)")
+    ap.add_argument("--target", type=float, default=1.10, help="ratio for --t-min [1.10]")
     a = ap.parse_args()
     times = sorted(a.times)
     n = len(times)
@@ -51,6 +58,12 @@ def main():
         "descending (host N first)": list(range(n, 0, -1)),
     }
     print(f"last true completion {times[-1]:.3f} s, first {times[0]:.3f} s")
+    floor = times[0] + (n - 1) * a.hash
+    print(f"floor, any order and spread: first + {n - 1} x {a.hash} s = {floor:.3f} s")
+    if a.t_min:
+        print(f"ratio {a.target} of {a.t_min} s needs the first copy complete by "
+              f"{a.t_min * a.target - (n - 1) * a.hash:.3f} s (this floor's ratio: "
+              f"{floor / a.t_min:.3f})")
     for name, hosts in orders.items():
         out = []
         for k in range(a.trials):

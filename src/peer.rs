@@ -286,16 +286,20 @@ pub async fn run(opts: PeerOptions) -> Result<(), PeerError> {
     // and slow links do not queue many seconds of requests at every uplink. With
     // fewer unchoke slots a holder serves k + 1 requesters, often newly unchoked and
     // not yet measured, and the fixed depth is what keeps its queue full: the rate rule measured 1.15-1.40
-    // (median 1.205) against 1.155-1.178 at 4 of 16 (bench/RESULTS.md).
-    let everyone_unchoked =
-        common.preferred_neighbors.saturating_add(1) >= config.peers.peers.len().saturating_sub(1);
+    // (median 1.205) against 1.155-1.178 at 4 of 16 (bench/RESULTS.md). Whole-piece
+    // layouts keep the fixed depth too (`pipeline::follows_rate` says why).
     let depth = opts
         .pipeline_depth
         .unwrap_or_else(|| ((256 * 1024) / unit as usize).clamp(1, 64));
     let swarm_opts = SwarmOptions {
         strict: opts.strict,
         pipeline_depth: depth,
-        adaptive_depth: opts.pipeline_depth.is_none() && everyone_unchoked,
+        adaptive_depth: crate::pipeline::follows_rate(
+            opts.pipeline_depth.is_some(),
+            common.preferred_neighbors,
+            config.peers.peers.len().saturating_sub(1),
+            layout.has_blocks(),
+        ),
         max_queued_bytes: (common.piece_size as u64 * (depth as u64 + 2)).max(4 << 20),
         seed: opts.seed.unwrap_or_else(rand::random),
         give_up_after: opts.give_up_after,

@@ -18,8 +18,10 @@
 //! and 20 mbit downloaders), so 2 is the floor. This rule against the fixed depth:
 //! N = 16 1.123-1.133 against 1.134-1.148 (4 rounds), N = 32 1.182 / 1.193 against
 //! 1.212 / 1.238. At N <= 8 the ceiling is 2 blocks or 1 piece already, so nothing
-//! changes there. The peer uses it only when every neighbour can be unchoked at
-//! once (k + 1 >= the other peers, see `peer::run`): at 4 preferred of 16 it lost.
+//! changes there. The peer uses it only where it was measured to win ([`follows_rate`]):
+//! every neighbour can be unchoked at once (k + 1 >= the other peers; at 4
+//! preferred of 16 it lost), and units are blocks (with 16 KiB whole pieces at N = 16
+//! it lost, see there).
 
 /// How much of a neighbour's recent sending we keep asked of it.
 pub const HORIZON_SECS: f64 = 1.0;
@@ -29,6 +31,28 @@ pub const HORIZON_SECS: f64 = 1.0;
 /// downloaders, with more duplicates from the seeder: our reading is that a holder's
 /// queue then runs dry while the next request is on its way.
 pub const FLOOR: usize = 2;
+
+/// Whether a peer's pipeline depth follows [`depth`] rather than staying fixed at the
+/// cap: not when the user fixed it (`--pipeline-depth`), not when fewer than all the
+/// other peers fit in k preferred + 1 optimistic unchoke slots, and not when units
+/// are whole pieces (no BLOCKS layout).
+///
+/// Why whole pieces keep the fixed depth: where the rule won (N = 16 with 64 KiB
+/// blocks, N = 32 with 32 KiB blocks) it sat at its floor of 2: a neighbour sends us
+/// fewer than 3 blocks a second there. With 16 KiB pieces at N = 16 it works
+/// above the floor (about 9 of 16), and there a depth follows a rate that the depth
+/// itself bounds once requests wait as long as the horizon. Alternated with the fixed
+/// depth over six rounds it measured 1.127-1.186 (median 1.150) against 1.127-1.148
+/// (1.142), with more seeder duplicates (bench/RESULTS.md, fifteenth session); a
+/// fixed 9 measured 1.148 / 1.159, so the loss is not the shallower depth alone.
+pub fn follows_rate(
+    fixed_by_user: bool,
+    preferred_neighbors: usize,
+    other_peers: usize,
+    blocks: bool,
+) -> bool {
+    !fixed_by_user && blocks && preferred_neighbors.saturating_add(1) >= other_peers
+}
 
 /// Requests to keep outstanding at a neighbour that sent us `bytes_per_sec` over the
 /// last unchoking interval, in units of `unit` bytes: [`HORIZON_SECS`] of that,
@@ -79,5 +103,20 @@ mod tests {
         assert_eq!(depth(2, 1_000_000_000, 128 * K), 2);
         assert_eq!(depth(16, u64::MAX, 16 * K), 16);
         assert_eq!(depth(3, 10_000_000, 0), 3);
+    }
+
+    #[test]
+    fn follows_the_rate_only_where_it_was_measured() {
+        // The cluster setting with blocks: 16 preferred of 16 others.
+        assert!(follows_rate(false, 16, 16, true));
+        assert!(follows_rate(false, 15, 16, true));
+        // --pipeline-depth given.
+        assert!(!follows_rate(true, 16, 16, true));
+        // 4 preferred + 1 optimistic of 16.
+        assert!(!follows_rate(false, 4, 16, true));
+        // Whole pieces (16 KiB pieces, or blocks off).
+        assert!(!follows_rate(false, 16, 16, false));
+        // A two-peer swarm.
+        assert!(follows_rate(false, 0, 1, true));
     }
 }

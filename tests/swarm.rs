@@ -82,10 +82,11 @@ fn six_peers_two_seeders_default_mode() {
     run_swarm(spec, |_| limited(PeerOpts::default()));
 }
 
-/// k + 1 covers the 5 other peers (4 preferred and the optimistic one), so the
-/// default mode's pipeline depth follows each neighbour's rate (`pipeline::depth`);
-/// one peer keeps a fixed depth instead. Both kinds of connection must deliver every
-/// block, and choking still changes (the optimistic slot rotates).
+/// k + 1 covers the 5 other peers (4 preferred and the optimistic one) and units are
+/// 4 KiB blocks, so the default mode's pipeline depth follows each neighbour's rate
+/// (`pipeline::follows_rate`, `pipeline::depth`); one peer keeps a fixed depth
+/// instead. Both kinds of connection must deliver every block, and choking still
+/// changes (the optimistic slot rotates).
 #[test]
 fn six_peers_every_neighbour_unchoked_rate_following_depth() {
     let spec = SwarmSpec {
@@ -94,6 +95,9 @@ fn six_peers_every_neighbour_unchoked_rate_following_depth() {
     };
     run_swarm(spec, |i| {
         let mut opts = limited(PeerOpts::default());
+        // Whole 16 KiB pieces would keep the fixed depth.
+        opts.extra
+            .extend(["--block-size".to_string(), "4096".to_string()]);
         if i == 4 {
             opts.extra
                 .extend(["--pipeline-depth".to_string(), "5".to_string()]);
