@@ -33,7 +33,8 @@ pub struct PeerArgs {
     /// (ignored with --strict and towards plain peers, which get exactly one)
     /// [default: about a second of what that neighbour sent us lately, at least 2 and
     /// at most 256 KiB's worth (1 to 64), when NumberOfPreferredNeighbors + 1 covers
-    /// every other peer, else 256 KiB's worth; twice that towards a lone seeder].
+    /// every other peer and units are blocks, else 256 KiB's worth; twice that towards
+    /// a lone seeder].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub pipeline_depth: Option<u16>,
 
