@@ -1348,9 +1348,27 @@ impl Swarm {
                 self.picker.set_share_floor_of(share, floor);
             }
         }
-        self.update_interest(peer);
+        // Their bitfield only grew: interest can only begin, and only if we lack one of
+        // the new units (our own gains update it in `on_stored`). Saves a scan of the
+        // whole bitfield per `have`.
+        let was_interested = self.neighbours.get(&peer).is_some_and(|n| n.am_interested);
+        if !was_interested && new.iter().any(|&u| !self.picker.have().has(u)) {
+            self.update_interest(peer);
+        }
         self.reroute_from_seeders(peer, &new);
-        self.fill_requests(peer);
+        // Only a unit we still need changes what we can ask of it: every other change
+        // (a request answered or given up, the disk catching up) refills on its own.
+        // In the endgame every missing unit is pending, and whether a spare is due
+        // changes with time, so there it is asked again on every announcement.
+        // Why skip: with 16 KiB pieces a peer hears thousands of `have`s a second,
+        // mostly of pieces it already has, and each refill scanned the bitfield.
+        let have = self.picker.have();
+        let wanted = new
+            .iter()
+            .any(|&u| !have.has(u) && !self.picker.is_pending(u));
+        if wanted || (!have.is_complete() && self.picker.unrequested_missing() == 0) {
+            self.fill_requests(peer);
+        }
         Ok(())
     }
 
