@@ -40,8 +40,9 @@ pub const FLOOR: usize = 2;
 /// Why whole pieces keep the fixed depth: where the rule won (N = 16 with 64 KiB
 /// blocks, N = 32 with 32 KiB blocks) it sat at its floor of 2: a neighbour sends us
 /// fewer than 3 blocks a second there. With 16 KiB pieces at N = 16 it works
-/// above the floor (about 9 of 16), and there a depth follows a rate that the depth
-/// itself bounds once requests wait as long as the horizon. Alternated with the fixed
+/// above the floor (about 9 of 16). Our reading, not traced: there the depth follows
+/// a rate that the depth itself bounds once requests wait as long as the horizon.
+/// Alternated with the fixed
 /// depth over six rounds it measured 1.127-1.186 (median 1.150) against 1.127-1.148
 /// (1.142), with more seeder duplicates (bench/RESULTS.md, fifteenth session); a
 /// fixed 9 measured 1.148 / 1.159, so the loss is not the shallower depth alone.
